@@ -1,0 +1,1 @@
+"""Data: the Study record, the phantom, real-dataset builders, reports, tokeniser, pipeline."""
