@@ -108,7 +108,7 @@ def test_hierarchical_truncation_keeps_eos(tok):
 
 
 def test_decode_hierarchical_respects_mask(tok):
-    ids, mask = tok.encode_hierarchical(["Mild cardiomegaly.", "The lungs are clear."], 3, 8)
+    ids, mask = tok.encode_hierarchical(["Mild cardiomegaly.", "The lungs are clear."], 3, 24)
     garbage = ids.copy()
     garbage[mask == 0] = tok.encode("edema")[0]  # e.g. sampled tokens past the mask
     assert tok.decode_hierarchical(garbage, mask) == ["mild cardiomegaly", "the lungs are clear"]
