@@ -73,7 +73,7 @@ _KNOWN_SECTIONS: dict[str, str] = {
 # Anatomical sub-headings of structured templates; these are part of the enclosing section.
 _SUBHEADER_WORDS = {
     "LUNG", "LUNGS", "HEART", "PLEURA", "PLEURAL", "MEDIASTINUM", "MEDIASTINAL",
-    "CARDIOMEDIASTINAL", "BONES", "OSSEOUS", "SOFT", "TISSUES", "TUBES", "LINES", "HILA", "HILAR",
+    "CARDIOMEDIASTINAL", "BONES", "OSSEOUS", "SOFT", "TISSUES", "TUBE", "TUBES", "LINE", "LINES", "HILA", "HILAR",
     "DIAPHRAGM", "ABDOMEN", "AIRWAYS", "CARDIAC", "SKELETAL", "DEVICES", "AORTA", "PARENCHYMA",
 }
 
