@@ -1,0 +1,144 @@
+"""The generic loop on a tiny regression task: exact resume, non-finite guard, SIGTERM, records."""
+
+import json
+import os
+import signal
+import threading
+
+import flax
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from xray_gen.configs.default import get_default
+from xray_gen.data.pipeline import make_loader
+from xray_gen.training import loop
+from xray_gen.training.checkpoint import Checkpointer
+
+
+class ArraySource:
+    def __init__(self, n=64, dim=4, seed=0):
+        rng = np.random.default_rng(seed)
+        self.x = rng.normal(size=(n, dim)).astype(np.float32)
+        self.y = (self.x @ np.arange(1, dim + 1, dtype=np.float32) + 0.1).astype(np.float32)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "y": self.y[i]}
+
+    def __repr__(self):
+        return "ArraySource()"
+
+
+@flax.struct.dataclass
+class RegState:
+    step: jax.Array
+    rng: jax.Array
+    w: jax.Array
+    opt_state: optax.OptState
+
+
+class RegressionTask(loop.Task):
+    """Noisy SGD on linear regression; `nan_at` poisons the loss at that step."""
+
+    name = "regression"
+
+    def __init__(self, config, nan_at=-1):
+        super().__init__(config)
+        self.tx = optax.adam(0.05)
+        self.nan_at = nan_at
+        self.evals = []
+
+    def init(self, rng):
+        w = jax.random.normal(rng, (4,))
+        return RegState(jnp.zeros((), jnp.int32), rng, w, self.tx.init(w))
+
+    def train_step(self, state, batch):
+        noise = jax.random.normal(jax.random.fold_in(state.rng, state.step), (4,)) * 0.01
+
+        def loss_fn(w):
+            loss = jnp.mean((batch["x"] @ (w + noise) - batch["y"]) ** 2)
+            return jnp.where(state.step + 1 == self.nan_at, jnp.nan, loss)
+
+        loss, g = jax.value_and_grad(loss_fn)(state.w)
+        updates, opt_state = self.tx.update(g, state.opt_state)
+        return state.replace(step=state.step + 1, w=optax.apply_updates(state.w, updates), opt_state=opt_state), {"loss": loss}
+
+    def train_loader(self):
+        return make_loader(ArraySource(), [], self.config.train.batch_size, seed=self.config.seed)
+
+    def evaluate(self, state, step):
+        self.evals.append(step)
+        return state, {"w0": float(state.w[0])}
+
+    def host_state(self):
+        return {"evals": self.evals}
+
+    def load_host_state(self, host_state):
+        self.evals = list(host_state.get("evals", []))
+
+
+def _config(num_steps=10, **train):
+    c = get_default()
+    c.model = "regression"
+    c.train.update(dict(batch_size=8, num_steps=num_steps, log_every=2, eval_every=4, checkpoint_every=3, **train))
+    c.mesh.data = 1
+    return c
+
+
+def test_resume_after_stop_continues_exactly(tmp_path):
+    full = loop.train(RegressionTask(_config()), _config(), str(tmp_path / "full"))
+    stopped_task = RegressionTask(_config(stop_at_step=5))
+    loop.train(stopped_task, _config(stop_at_step=5), str(tmp_path / "split"))
+    assert Checkpointer(str(tmp_path / "split" / "checkpoints")).latest_step() == 5
+    resumed_task = RegressionTask(_config())
+    resumed = loop.train(resumed_task, _config(), str(tmp_path / "split"))
+    np.testing.assert_array_equal(np.asarray(full.w), np.asarray(resumed.w))
+    assert int(resumed.step) == 10
+    assert resumed_task.evals == [4, 8, 10]  # host state (eval history) came back from the checkpoint
+
+
+def test_data_position_is_restored_not_restarted(tmp_path):
+    """Resuming must not replay the first batches: a loader restarted from zero gives other params."""
+    loop.train(RegressionTask(_config()), _config(stop_at_step=5), str(tmp_path / "a"))
+    meta = Checkpointer(str(tmp_path / "a" / "checkpoints")).restore_meta()
+    position = json.loads(meta["data"])
+    assert position["last_seen_indices"] != {"0": -1}  # it moved past the start
+
+
+def test_non_finite_loss_names_step_and_term_and_keeps_last_good_checkpoint(tmp_path):
+    task = RegressionTask(_config(), nan_at=5)
+    with pytest.raises(loop.NonFiniteLossError, match=r"'loss'.*step 5"):
+        loop.train(task, _config(), str(tmp_path))
+    assert Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [3]
+
+
+def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
+    class SlowSource(ArraySource):
+        def __getitem__(self, i):
+            threading.Event().wait(0.02)
+            return super().__getitem__(i)
+
+    task = RegressionTask(_config(num_steps=10_000))
+    task.train_loader = lambda: make_loader(SlowSource(), [], 8, seed=0)
+    timer = threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    timer.start()
+    state = loop.train(task, _config(num_steps=10_000), str(tmp_path))
+    timer.cancel()
+    step = int(state.step)
+    assert 0 < step < 10_000
+    assert Checkpointer(str(tmp_path / "checkpoints")).latest_step() == step
+
+
+def test_workdir_records_config_versions_devices(tmp_path):
+    loop.train(RegressionTask(_config(num_steps=2)), _config(num_steps=2), str(tmp_path))
+    for name in ("config.json", "versions.json", "devices.json"):
+        assert os.path.exists(tmp_path / name), name
+    assert json.load(open(tmp_path / "config.json"))["train"]["num_steps"] == 2
+    assert "jax" in json.load(open(tmp_path / "versions.json"))

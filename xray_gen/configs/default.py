@@ -1,0 +1,55 @@
+"""Settings shared by every model; each model file starts from `get_default()` and overrides.
+
+Run any model as
+  python -m xray_gen.main --config=configs/<model>.py[:variant] --workdir=DIR [--mode=train|evaluate|sample]
+with `--config.a.b=value` overrides (e.g. --config.train.num_steps=100).
+"""
+
+import ml_collections
+
+
+def get_default() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model = ""
+    c.variant = ""
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "phantom"  # phantom | openi | mimic_cxr | chestxray14 | chexpert
+    c.data.resolution = 256
+    c.data.manual_dir = ""  # your own downloaded copy of a real dataset (never fetched by xray_gen)
+    c.data.data_dir = ""  # where prepared TFDS array_record files go (default: TFDS's)
+    c.data.worker_count = 0  # grain worker processes; >0 moves decoding/phantom generation off the loop
+    c.data.prefetch = 2  # batches placed on device ahead of the step
+    c.data.uncertain_as = 1.0  # uncertain (-1) labels as positives ('U-Ones')
+    c.data.phantom = ml_collections.ConfigDict()
+    c.data.phantom.seed = 0
+    c.data.phantom.deid_rate = 0.0
+    c.data.phantom.train_size = 100_000
+    c.data.phantom.validation_size = 2_000
+    c.data.phantom.test_size = 2_000
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 32  # global batch, over all devices and processes
+    c.train.num_steps = 10_000
+    c.train.log_every = 50
+    c.train.eval_every = 1_000
+    c.train.checkpoint_every = 1_000
+    c.train.max_to_keep = 3
+    c.train.stop_at_step = -1  # simulate a preemption at this step (checkpoint, then exit)
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.split = "validation"
+    c.eval.batch_size = 64
+    c.eval.num_examples = 2_000  # capped at the split's size
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # data-parallel devices (-1: all)
+    return c
+
+
+def resolve_variant(variant: str, variants: dict) -> None:
+    """Raises a clear error for an unknown variant, listing the valid ones."""
+    if variant not in variants:
+        valid = ", ".join(repr(v) for v in variants)
+        raise ValueError(f"unknown config variant {variant!r}; valid variants: {valid}")

@@ -1,0 +1,156 @@
+"""Input pipelines: Study sources -> grain (per-process shard, shuffle, transform, batch).
+
+Every source is random-access (the phantom computes study i on demand; real datasets are TFDS
+array_record files read through `tfds.data_source`), so grain can shard it across processes,
+shuffle it deterministically and checkpoint the iterator position exactly.
+Images travel as uint8 (4x less traffic than float); models normalise them on device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+from PIL import Image
+
+from xray_gen.data.schema import binarize
+
+SOURCES = ("phantom", "openi", "mimic_cxr", "chestxray14", "chexpert")
+SPLITS = ("train", "validation", "test")
+
+
+class PhantomSource:
+    """Random-access view of `size` phantom studies of one split (as `Study.to_example()` dicts)."""
+
+    def __init__(self, split: str, size: int, resolution: int, seed: int = 0, deid_rate: float = 0.0):
+        from xray_gen.data.phantom import Phantom  # the phantom is heavy to import only when used
+
+        self._args = (split, size, resolution, seed, deid_rate)
+        self.split, self.size = split, int(size)
+        self.phantom = Phantom(resolution=resolution, seed=seed, deid_rate=deid_rate)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < self.size:
+            raise IndexError(f"phantom {self.split} index {index} out of range [0, {self.size})")
+        return self.phantom.study(int(index), split=self.split).to_example()
+
+    def __repr__(self) -> str:  # stable: grain stores it in iterator checkpoints
+        return "PhantomSource(split={!r}, size={}, resolution={}, seed={}, deid_rate={})".format(*self._args)
+
+
+def open_split(data_config, split: str):
+    """The random-access source named by `data_config.source` for `split`."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    name = data_config.source
+    if name == "phantom":
+        return PhantomSource(
+            split,
+            size=data_config.phantom[f"{split}_size"],
+            resolution=data_config.resolution,
+            seed=data_config.phantom.seed,
+            deid_rate=data_config.phantom.deid_rate,
+        )
+    if name not in SOURCES:
+        raise ValueError(f"unknown data.source {name!r}; valid: {', '.join(SOURCES)}")
+    if not data_config.manual_dir:
+        raise ValueError(
+            f"data.source={name!r} reads your own downloaded copy: set --config.data.manual_dir=DIR "
+            "(credentialed datasets are never downloaded by xray_gen)"
+        )
+    from xray_gen.data import builders
+
+    return builders.load_split(
+        name,
+        split,
+        manual_dir=data_config.manual_dir,
+        data_dir=data_config.data_dir or None,
+        resolution=data_config.resolution,
+    )
+
+
+def _resize(image: np.ndarray, resolution: int) -> np.ndarray:
+    if image.shape == (resolution, resolution):
+        return image
+    return np.asarray(Image.fromarray(image).resize((resolution, resolution), Image.BILINEAR))
+
+
+def patient_hash(patient_id: str) -> np.int32:
+    """Stable 31-bit id, so in-batch negatives can avoid pairing a patient with themself."""
+    return np.int32(zlib.crc32(patient_id.encode("utf-8")) & 0x7FFFFFFF)
+
+
+@dataclasses.dataclass(frozen=True)
+class ToModelInputs(grain.transforms.Map):
+    """Study example -> the numeric features models use (strings dropped; picklable for workers).
+
+    Outputs `<view>`: uint8 (R, R, 1) for each requested view, `labels` raw (14,) with NaN,
+    `targets`/`label_mask` for classifier training, and `patient` (hash) for pairing logic.
+    """
+
+    views: Sequence[str] = ("frontal",)
+    resolution: int = 64
+    uncertain_as: float = 1.0
+
+    def map(self, ex: dict[str, Any]) -> dict[str, np.ndarray]:
+        out = {}
+        for view in self.views:
+            image = np.asarray(ex[view], np.uint8)
+            if image.ndim == 3:
+                image = image[..., 0]
+            if not ex.get(f"has_{view}", True) or image.size == 0:
+                raise ValueError(f"study {ex.get('study_id')!r} has no {view} image but the model needs it")
+            out[view] = _resize(image, self.resolution)[..., None]
+        labels = np.asarray(ex["labels"], np.float32)
+        targets, mask = binarize(labels, self.uncertain_as)
+        out.update(labels=labels, targets=targets, label_mask=mask, patient=patient_hash(str(ex["patient_id"])))
+        return out
+
+
+def make_loader(
+    source,
+    transforms: Sequence[Any],
+    global_batch_size: int,
+    *,
+    seed: int,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    worker_count: int = 0,
+    drop_remainder: bool = True,
+) -> grain.DataLoader:
+    """A grain DataLoader yielding this process's share of each global batch."""
+    import jax
+
+    n_proc = jax.process_count()
+    if global_batch_size % n_proc:
+        raise ValueError(f"batch size {global_batch_size} is not divisible by {n_proc} processes")
+    sampler = grain.samplers.IndexSampler(
+        num_records=len(source),
+        shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
+        shuffle=shuffle,
+        num_epochs=num_epochs,
+        seed=seed,
+    )
+    ops = list(transforms) + [grain.transforms.Batch(global_batch_size // n_proc, drop_remainder=drop_remainder)]
+    return grain.DataLoader(
+        data_source=source,
+        sampler=sampler,
+        operations=ops,
+        worker_count=worker_count,
+        read_options=grain.ReadOptions(num_threads=max(1, min(4, worker_count or 1)), prefetch_buffer_size=8),
+    )
+
+
+def pad_batch(batch: dict[str, np.ndarray], batch_size: int) -> tuple[dict[str, np.ndarray], int]:
+    """Pads a final partial batch to `batch_size` (repeating the last row); returns (batch, n_valid)."""
+    n = len(next(iter(batch.values())))
+    if n == batch_size:
+        return batch, n
+    padded = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - n, axis=0)]) for k, v in batch.items()}
+    return padded, n

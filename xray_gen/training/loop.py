@@ -1,0 +1,239 @@
+"""The generic training loop every model uses.
+
+A model supplies a `Task` (pure `init` and `train_step`, a grain loader, optional evaluation);
+the loop owns everything else: mesh and shardings, jit with donation, device prefetch off the
+critical path, resume from the latest orbax checkpoint (state + data position + host schedules),
+clu logging with progress, a non-finite guard that names the step and term and refuses to
+checkpoint a bad state, and SIGTERM -> checkpoint -> clean exit.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import os
+import queue
+import signal
+import threading
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from xray_gen.training import records
+from xray_gen.training.checkpoint import Checkpointer, abstract_with_sharding
+from xray_gen.training.sharding import batch_sharding, make_mesh, replicated, to_global
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a training metric becomes NaN/inf; the message names the step and the term."""
+
+
+class Task(abc.ABC):
+    """What a model gives the loop. Subclasses override the methods they need.
+
+    `init(rng) -> state` and `train_step(state, batch) -> (state, metrics)` must be pure and
+    jittable; `state.step` must exist (the step's RNG is `fold_in(state.rng, state.step)`).
+    """
+
+    name = "task"
+
+    def __init__(self, config):
+        self.config = config
+
+    @abc.abstractmethod
+    def init(self, rng):
+        """Pure: the initial state pytree."""
+
+    @abc.abstractmethod
+    def train_step(self, state, batch):
+        """Pure: (state, global batch) -> (state, scalar metrics)."""
+
+    @abc.abstractmethod
+    def train_loader(self):
+        """A grain DataLoader over this process's share of the training data (infinite)."""
+
+    def prepare(self) -> None:
+        """Host-side work before a fresh start only (e.g. statistics of the training labels)."""
+
+    def evaluate(self, state, step: int) -> tuple[Any, dict[str, float]]:
+        """Periodic evaluation; may return an updated state (e.g. a plateau-reduced learning rate)."""
+        return state, {}
+
+    def host_state(self) -> dict:
+        """JSON-able host-side state (schedules, trackers) saved with each checkpoint."""
+        return {}
+
+    def load_host_state(self, host_state: dict) -> None:
+        pass
+
+    def write_summaries(self, writer, state, step: int) -> None:
+        """Optional images/histograms at evaluation time."""
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop polls, so it can checkpoint and exit cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM received: will checkpoint and stop after this step")
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+class _DevicePrefetcher:
+    """Pulls batches from a grain iterator in a thread and places them on the mesh ahead of use.
+
+    Each batch travels with the iterator state *after* it, so a checkpoint records exactly the
+    position of the last batch the step consumed, however far the prefetcher has run ahead.
+    """
+
+    _DONE = object()
+
+    def __init__(self, iterator, mesh, size: int = 2):
+        self._it, self._mesh = iterator, mesh
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, size))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        try:
+            while not self._stop.is_set():
+                batch = next(self._it)
+                position = self._it.get_state().decode("utf-8")
+                item = (to_global(batch, self._mesh), position)
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as e:  # surfaced in the consumer thread
+            self._queue.put((self._DONE, e))
+
+    def __next__(self):
+        batch, position = self._queue.get()
+        if batch is self._DONE:
+            if isinstance(position, StopIteration):
+                raise RuntimeError("the training data ran out (set num_epochs=None for training loaders)")
+            raise position
+        return batch, position
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _check_and_average(pending: list[tuple[int, dict]]) -> dict[str, float]:
+    """Fetches buffered metrics in one transfer, raises on the first non-finite one, averages."""
+    steps = [s for s, _ in pending]
+    host = jax.device_get([m for _, m in pending])
+    for step, metrics in zip(steps, host):
+        for name, value in metrics.items():
+            if not np.all(np.isfinite(value)):
+                raise NonFiniteLossError(
+                    f"non-finite training metric {name!r} = {value} at step {step}; "
+                    "no checkpoint was written after it (the last good checkpoint is kept)"
+                )
+    return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+
+
+def train(task: Task, config, workdir: str):
+    """Trains `task` to `config.train.num_steps`, resuming from `workdir` if it holds checkpoints."""
+    tc = config.train
+    mesh = make_mesh(config.mesh.data)
+    records.write_run_records(workdir, config)
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=tc.max_to_keep)
+    rep = replicated(mesh)
+
+    rng = jax.random.PRNGKey(config.seed)
+    abstract = jax.eval_shape(task.init, rng)
+    iterator = iter(task.train_loader())
+    if ckpt.latest_step() is not None:
+        state, meta = ckpt.restore(abstract_with_sharding(abstract, rep))
+        iterator.set_state(meta["data"].encode("utf-8"))
+        task.load_host_state(meta.get("task", {}))
+        logging.info("Resumed %s from step %d in %s", task.name, ckpt.latest_step(), ckpt.directory)
+    else:
+        task.prepare()
+        state = jax.jit(task.init, out_shardings=rep)(rng)
+        writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
+    step = int(jax.device_get(state.step))
+    step_fn = jax.jit(
+        task.train_step, in_shardings=(rep, batch_sharding(mesh)), out_shardings=(rep, rep), donate_argnums=0
+    )
+
+    def save(position):
+        ckpt.save(step, state, {"data": position, "task": task.host_state(), "config": config.to_json_best_effort()})
+
+    progress = periodic_actions.ReportProgress(num_train_steps=tc.num_steps, writer=writer, every_steps=tc.log_every)
+    prefetcher = _DevicePrefetcher(iterator, mesh, size=config.data.prefetch)
+    pending: list[tuple[int, dict]] = []
+    position = None
+    try:
+        with _Preemption() as preemption:
+            while step < tc.num_steps:
+                batch, position = next(prefetcher)
+                state, metrics = step_fn(state, batch)
+                step += 1
+                pending.append((step, metrics))
+                progress(step)
+                stop = preemption.requested or step == tc.get("stop_at_step", -1)
+                eval_now = tc.eval_every > 0 and (step % tc.eval_every == 0 or step == tc.num_steps)
+                save_now = step % tc.checkpoint_every == 0 or step == tc.num_steps or stop
+                if pending and (step % tc.log_every == 0 or eval_now or save_now):
+                    writer.write_scalars(step, {f"train/{k}": v for k, v in _check_and_average(pending).items()})
+                    pending = []
+                if eval_now and not stop:
+                    state, eval_metrics = task.evaluate(state, step)
+                    writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
+                    task.write_summaries(writer, state, step)
+                if save_now:
+                    save(position)
+                if stop:
+                    logging.warning("Stopping at step %d (checkpoint saved)", step)
+                    break
+    finally:
+        prefetcher.close()
+        ckpt.close()
+        writer.flush()
+    return state
+
+
+def restore_latest(task: Task, config, workdir: str, step: int | None = None):
+    """(state, meta) of the latest (or given) checkpoint of a run, for evaluation and sampling."""
+    mesh = make_mesh(config.mesh.data)
+    abstract = jax.eval_shape(task.init, jax.random.PRNGKey(config.seed))
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    try:
+        state, meta = ckpt.restore(abstract_with_sharding(abstract, replicated(mesh)), step)
+    finally:
+        ckpt.close()
+    task.load_host_state(meta.get("task", {}))
+    return state, meta
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+    return out
