@@ -20,7 +20,9 @@ Example:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
+import sys
 
 import jax
 from absl import app, flags, logging
@@ -69,6 +71,40 @@ def run(config, workdir: str, mode: str):
     return task.sample(state, workdir)
 
 
+def _unknown_config_keys(argv) -> list[str]:
+    """Messages for `--config.a.b=` overrides that name no field, each listing the valid keys."""
+    config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if config_arg is None:
+        return []
+    path, _, variant = config_arg.partition(":")
+    spec = importlib.util.spec_from_file_location("_xray_gen_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(variant)
+    problems = []
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        node, walked = config, []
+        for key in arg[len("--config."):].split("=", 1)[0].split("."):
+            if not hasattr(node, "keys") or key not in node:
+                valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(not a group)"
+                where = ".".join(walked) or "the top level"
+                problems.append(f"unknown config key {'.'.join(walked + [key])!r}; valid keys under {where}: {valid}")
+                break
+            node, walked = node[key], walked + [key]
+    return problems
+
+
+def _parse_flags(argv):
+    """absl flag parsing, turning a bad --config override into a message instead of a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError, ValueError) as err:
+        problems = _unknown_config_keys(argv) if not isinstance(err, ValueError) else []
+        sys.exit("error: " + ("\n".join(problems) if problems else str(err)))
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -82,4 +118,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
