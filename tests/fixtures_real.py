@@ -337,3 +337,21 @@ def write_chexpert(root: Path) -> dict:
             "malformed CSV row": "train.csv",
         },
     }
+
+
+def write_openi_kaggle(root: Path) -> dict:
+    """The Kaggle re-packaging: indiana_reports.csv + indiana_projections.csv + *.dcm.png images."""
+    root = Path(root)
+    reports = ["uid,MeSH,Problems,image,indication,comparison,findings,impression"]
+    proj = ["uid,filename,projection"]
+    for uid in (1, 2, 3):
+        reports.append(f'{uid},normal;Cardiomegaly,normal,Xray Chest PA and Lateral,Cough,None,"{NORMAL}",Normal.')
+        for n, v in ((1, "Frontal"), (2, "Lateral")):
+            name = f"{uid}_IM-{uid:04d}-{n}001.dcm.png"
+            proj.append(f"{uid},{name},{v}")
+            _image(root / "images" / "images_normalized" / name,
+                   FRONTAL_VALUE if v == "Frontal" else LATERAL_VALUE)
+    reports.append('4,normal,normal,Xray,Cough,None,"",""')  # empty report
+    _write(root / "indiana_reports.csv", "\n".join(reports) + "\n")
+    _write(root / "indiana_projections.csv", "\n".join(proj) + "\n")
+    return {"root": root, "studies": {"CXR1", "CXR2", "CXR3"}, "skips": {"empty report (no findings or impression)": "indiana_reports.csv:5"}}

@@ -297,3 +297,17 @@ def test_chexpert_studies_views_labels(chexpert):
     assert by_id["patient00001/study2"].frontal_view == "AP"
     assert summary["used"]["test"] == 2
     _check_skips(summary, info["skips"])
+
+
+def test_openi_kaggle_csv_layout(openi, tmp_path):
+    info = fx.write_openi_kaggle(tmp_path / "src")
+    builder = builders.prepare("openi", info["root"], tmp_path / "data", RES)
+    exs = []
+    for split in builder.info.splits:
+        src = builder.as_data_source(split=split)
+        exs += [src[i] for i in range(len(src))]
+    assert _ids(exs) == info["studies"]
+    assert all(bool(ex["has_lateral"]) for ex in exs)
+    _check_common({"train": exs}, "openi")
+    assert _text(exs[0]["mesh"]) == "normal; Cardiomegaly"
+    _check_skips(builders.last_build_summary("openi", tmp_path / "data", RES), info["skips"])

@@ -147,15 +147,9 @@ class MimicCxr:
                 [(FRONTAL_ORDER.index(v), d, v) for d, v in images if v in FRONTAL_SET])
             laterals = sorted(
                 [(LATERAL_ORDER.index(v), d, v) for d, v in images if v in LATERAL_SET])
-            used_ids = set()
-            frontal = self._first_existing(frontals, study_dir, manual_dir, summary)
-            lateral = self._first_existing(laterals, study_dir, manual_dir, summary)
-            for chosen in (frontal, lateral):
-                if chosen:
-                    used_ids.add(chosen[0])
-            for d, v in images:
-                if d not in used_ids:
-                    summary.skip("image not used (other view or extra image)", f"{where}/{d}.jpg ({v or 'no view'})")
+            accounted: set[str] = set()  # chosen or already counted as missing
+            frontal = self._first_existing(frontals, study_dir, manual_dir, summary, accounted)
+            lateral = self._first_existing(laterals, study_dir, manual_dir, summary, accounted)
             if opts["require_frontal"] and frontal is None:
                 summary.skip("no frontal view", where)
                 continue
@@ -181,6 +175,10 @@ class MimicCxr:
                     continue
             else:
                 split = common.hash_split(pid, opts["split_ratios"], opts["split_seed"])
+            for d, v in images:
+                if d not in accounted:
+                    summary.skip("image not used (other view or extra image)",
+                                 f"{where}/{d}.jpg ({v or 'no view'})")
             lab = labels.get((pid, sid))
             if lab is None:
                 no_labels += 1
@@ -194,9 +192,10 @@ class MimicCxr:
         return plan
 
     @staticmethod
-    def _first_existing(candidates, study_dir: Path, manual_dir: Path, summary):
+    def _first_existing(candidates, study_dir: Path, manual_dir: Path, summary, accounted: set):
         for _, dicom_id, view in candidates:
             path = study_dir / f"{dicom_id}.jpg"
+            accounted.add(dicom_id)
             if path.is_file():
                 return dicom_id, view, path
             summary.skip("missing image", common.rel(path, manual_dir))
