@@ -18,7 +18,6 @@ them to None because it checks `has_<view>` first.
 
 from __future__ import annotations
 
-import collections
 import csv
 import dataclasses
 import gzip
@@ -26,9 +25,8 @@ import hashlib
 import io
 import json
 import os
-import re
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from absl import logging
