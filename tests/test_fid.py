@@ -139,3 +139,75 @@ def test_cache_roundtrip_and_checksum(tmp_path):
     assert len(calls) == 2
     np.testing.assert_array_equal(got3.mean, stats.mean)
     fid.load_stats(path, expected_key=key)  # rewritten file verifies again
+
+
+# ---- feature extraction wrapper + protocol record (end-to-end on a toy extractor) ----------------
+
+
+def _toy_apply(params, x):
+    # mean colour and a linear projection: enough to see resize / channel / range handling
+    import jax.numpy as jnp
+
+    return jnp.concatenate([x.mean(axis=(1, 2)), x.reshape(x.shape[0], -1)[:, :4] @ params], 1)
+
+
+def test_make_feature_fn_preprocessing():
+    from xray_gen.evaluation import features
+
+    params = np.eye(4, dtype=np.float32)
+    seen = {}
+
+    def apply_fn(p, x):
+        seen["shape"] = x.shape
+        return _toy_apply(p, x)
+
+    fn = features.make_feature_fn(apply_fn, params, resize_to=8, grey_to_rgb=True, batch_size=3)
+    u8 = np.full((5, 16, 16), 255, np.uint8)
+    out = fn(u8)
+    assert seen["shape"] == (3, 8, 8, 3)  # resized, grey -> RGB, padded to batch_size
+    assert out.shape == (5, 7) and out.dtype == np.float32
+    np.testing.assert_allclose(out[:, :3], 1.0, atol=1e-6)  # uint8 255 -> +1
+    fl = np.full((2, 16, 16, 1), -1.0, np.float32)
+    np.testing.assert_allclose(fn(fl)[:, :3], -1.0, atol=1e-6)  # floats taken as [-1, 1]
+    # bilinear without antialias equals torch's align_corners=False: 2x upsampling of [0, 1]
+    x = np.array([[0.0, 1.0]], np.float32).reshape(1, 1, 2, 1)
+    up = np.asarray(features.preprocess(x, (1, 4), grey_to_rgb=False))[0, 0, :, 0]
+    np.testing.assert_allclose(up, [0.0, 0.25, 0.75, 1.0], atol=1e-6)
+    # 1-channel extractor: channels pass through
+    fn1 = features.make_feature_fn(apply_fn, params, resize_to=None, grey_to_rgb=False)
+    fn1(fl)
+    assert seen["shape"] == (2, 16, 16, 1)
+
+
+def test_offline_default_extractor_and_result_json(tmp_path):
+    import json
+
+    from xray_gen.evaluation import features, protocol
+
+    params = np.eye(4, dtype=np.float32)
+    clf = features.classifier_extractor(_toy_apply, params, "toy_cxr_classifier", resize_to=8)
+    with pytest.raises(ValueError, match="Inception"):
+        features.select_fid_extractor(None, None)
+    ext = features.select_fid_extractor(None, clf)
+    assert ext.name == "toy_cxr_classifier" and len(ext.weights_checksum) == 64
+    assert features.params_checksum(params) != features.params_checksum(params + 1)
+
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 256, size=(40, 16, 16), dtype=np.uint8)
+    fake = rng.integers(0, 256, size=(40, 16, 16), dtype=np.uint8)
+    ref = fid.FeatureStats.from_features(ext(real))
+    value = fid.compute_fid(ext, [fake[:20], fake[20:]], ref)
+    proto = protocol.Protocol.from_extractor(ext, image_count=40, seeds=[0], bootstrap_n=0,
+                                             reference="toy/test", reference_count=ref.count)
+    path = tmp_path / "res" / "fid.json"
+    protocol.write_result_json(str(path), {"fid": np.float64(value), "auroc_x": float("nan"),
+                                           "ci": (1.0, 0.5, 1.5)}, proto)
+    rec = json.loads(path.read_text())
+    assert rec["metrics"]["fid"] == pytest.approx(value) and rec["metrics"]["auroc_x"] is None
+    assert rec["metrics"]["ci"] == [1.0, 0.5, 1.5]
+    p = rec["protocol"]
+    assert p["extractor"] == "toy_cxr_classifier" and p["weights_checksum"] == ext.weights_checksum
+    assert p["image_count"] == 40 and p["resolution"] == [8, 8] and p["seeds"] == [0]
+    assert "bilinear" in p["resize_policy"] and p["grey_to_rgb"]
+    assert rec["versions"]["jax"] and rec["timestamp"]
+    assert protocol.read_result_json(str(path))["protocol"] == p

@@ -51,7 +51,8 @@ def _conv_specs():
                 (f"{n}.branch3x3dbl_3a", 384, 384, 1, 3), (f"{n}.branch3x3dbl_3b", 384, 384, 3, 1),
                 (f"{n}.branch_pool", cin, 192, 1, 1)]
 
-    s += block_a("Mixed_5b", 192, 32) + block_a("Mixed_5c", 256, 64) + block_a("Mixed_5d", 288, 64)
+    s += block_a("Mixed_5b", 192, 32) + block_a("Mixed_5c", 256, 64)
+    s += block_a("Mixed_5d", 288, 64)
     s += [("Mixed_6a.branch3x3", 288, 384, 3, 3), ("Mixed_6a.branch3x3dbl_1", 288, 64, 1, 1),
           ("Mixed_6a.branch3x3dbl_2", 64, 96, 3, 3), ("Mixed_6a.branch3x3dbl_3", 96, 96, 3, 3)]
     s += block_c("Mixed_6b", 128) + block_c("Mixed_6c", 160) + block_c("Mixed_6d", 160)
@@ -79,7 +80,7 @@ def synthetic_state_dict(seed=0):
     return sd
 
 
-# ---- a torch-format writer built on pickle's *writing* side ---------------------------------------
+# ---- a torch-format writer built on pickle's *writing* side --------------------------------------
 
 
 @contextlib.contextmanager
@@ -176,7 +177,7 @@ def write_torch_legacy(path, sd):
             f.write(st.array.astype(st.array.dtype.newbyteorder("<")).tobytes())
 
 
-# ---- tests -----------------------------------------------------------------------------------------
+# ---- tests ---------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
