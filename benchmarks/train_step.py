@@ -1,0 +1,198 @@
+"""Compile time, steps/s, images/s, FLOPs and utilisation of the jitted `train_step` of each task.
+
+  python benchmarks/train_step.py                       # classifier + vcn, 'cpu' variants
+  python benchmarks/train_step.py --variant=''          # paper variants (slow on a CPU)
+  python benchmarks/train_step.py --models=vcn --variant=cpu --resolution=128 --batch_size=16
+  python benchmarks/train_step.py --quick               # smoke variants, a few steps (the tests)
+
+The state is built with `jax.jit(task.init, out_shardings=replicated)` and the step is jitted
+exactly as `xray_gen.training.loop.train` does (`in_shardings=(replicated, batch_sharding)`,
+`donate_argnums=0`). Batches are synthetic, built once by the task's own `ToModelInputs` transform
+from random studies and placed on the mesh before timing, so data loading and host->device copies
+are excluded: this measures the step alone. FLOPs per step are XLA's cost-analysis estimate of
+the compiled step; utilisation is achieved FLOP/s over `--peak_flops` (default 150e9: this
+benchmark machine's 2 vCPUs at 2.6 GHz x 32 fp32 FLOP/cycle of 256-bit FMA, about 166e9, less
+some clock droop under vector load; pass your device's peak elsewhere, e.g. ~989e12 dense bf16 on
+an H100 SXM, ~67e12 fp32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+try:  # run as `python benchmarks/train_step.py` or imported as `benchmarks.train_step`
+    from benchmarks import common
+except ImportError:  # pragma: no cover
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import common  # type: ignore
+
+MODELS = ("classifier", "vcn")
+
+
+def get_task(model: str, variant: str, overrides: dict):
+    """(task, config) for `model` with `variant` and dotted-key overrides (e.g. data.resolution)."""
+    if model == "classifier":
+        from xray_gen.configs.classifier import get_config
+        from xray_gen.models.classifier import ClassifierTask as Task
+    elif model == "vcn":
+        from xray_gen.configs.vcn import get_config
+        from xray_gen.models.vcn import VCNTask as Task
+    else:
+        raise ValueError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
+    config = get_config(variant)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = type(node[leaf])(value)
+    return Task(config), config
+
+
+def synthetic_batch(task, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A host batch with exactly the pipeline's features (the task's transform on random studies)."""
+    transform = task._transform()  # the same ToModelInputs the task's loaders use
+    res = task.config.data.resolution
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(batch_size):
+        labels = rng.choice(np.array([1.0, 0.0, -1.0, np.nan], np.float32), size=14)
+        example = {
+            "study_id": f"s{i}",
+            "patient_id": f"p{i}",
+            "labels": labels,
+            **{view: rng.integers(0, 256, (res, res), dtype=np.uint8) for view in transform.views},
+            **{f"has_{view}": True for view in transform.views},
+        }
+        rows.append(transform.map(example))
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def calibrate_matmul(n: int = 1024, repeats: int = 5) -> float:
+    """Achieved fp32 FLOP/s of one jitted n x n matmul (a rough ceiling for dense work here)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    t = common.time_fn(lambda: f(a), warmup=2, repeats=repeats)
+    return 2.0 * n**3 / t["min_s"]
+
+
+def _mb(n):
+    return n / 2**20 if n is not None else None
+
+
+def bench_model(model: str, args) -> dict:
+    import jax
+
+    from xray_gen.training.sharding import batch_sharding, check_batch_size, make_mesh, replicated, to_global
+
+    task, config = get_task(model, args.variant, {"data.resolution": args.resolution, "train.batch_size": args.batch_size})
+    mesh = make_mesh(config.mesh.data)
+    global_batch = config.train.batch_size
+    local_batch = check_batch_size(global_batch, mesh)
+    rep = replicated(mesh)
+
+    t0 = time.perf_counter()
+    state = jax.jit(task.init, out_shardings=rep)(jax.random.PRNGKey(config.seed))
+    jax.block_until_ready(state)
+    init_s = time.perf_counter() - t0
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+
+    batch = to_global(synthetic_batch(task, local_batch, seed=args.seed), mesh)
+    jax.block_until_ready(batch)
+    step_fn = jax.jit(task.train_step, in_shardings=(rep, batch_sharding(mesh)), out_shardings=(rep, rep), donate_argnums=0)
+
+    stats = common.compile_stats(step_fn, state, batch)
+    compiled = stats.pop("compiled")  # call the executable we timed the compile of: no second compile
+
+    holder = {"state": state}
+
+    def one_step():
+        holder["state"], metrics = compiled(holder["state"], batch)
+        return metrics
+
+    t = common.time_fn(one_step, warmup=args.warmup, repeats=args.repeats, number=args.steps)
+    loss = float(jax.device_get(one_step()["loss"]))
+    jax.block_until_ready(holder["state"])
+
+    views = len(task._transform().views)
+    step_s = t["median_s"]
+    flops = stats["flops"]
+    achieved = flops / step_s if flops else None
+    return {
+        "model": model,
+        "variant": config.variant or "paper",
+        "resolution": config.data.resolution,
+        "batch": global_batch,
+        "views": views,
+        "devices": mesh.devices.size,
+        "params_M": n_params / 1e6,
+        "init_s": init_s,
+        "lower_s": stats["lower_s"],
+        "compile_s": stats["compile_s"],
+        "step_ms_median": 1e3 * step_s,
+        "step_ms_min": 1e3 * t["min_s"],
+        "steps_per_s": 1.0 / step_s,
+        "examples_per_s": global_batch / step_s,
+        "images_per_s": global_batch * views / step_s,
+        "gflops_per_step": flops / 1e9 if flops else None,
+        "gbytes_accessed_per_step": stats["bytes_accessed"] / 1e9 if stats["bytes_accessed"] else None,
+        "achieved_gflops_s": achieved / 1e9 if achieved else None,
+        "utilisation": achieved / args.peak_flops if achieved else None,
+        "footprint_mb": _mb(stats["footprint_bytes"]),
+        "xla_peak_memory_mb": _mb(stats["peak_memory_bytes"]),
+        "temp_memory_mb": _mb(stats["temp_size_bytes"]),
+        "final_loss": loss,
+        "timed_steps": t["repeats"] * t["number"],
+        "step_times_s": t["times_s"],
+    }
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated: classifier,vcn")
+    p.add_argument("--variant", default="cpu", help="config variant: '' (paper), 'cpu' or 'smoke'")
+    p.add_argument("--resolution", type=int, default=None, help="override data.resolution")
+    p.add_argument("--batch_size", type=int, default=None, help="override train.batch_size (global)")
+    p.add_argument("--steps", type=int, default=5, help="steps per timed repeat (dispatched back to back)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats; the median and min are reported")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
+    p.add_argument("--peak_flops", type=float, default=150e9, help="declared peak FLOP/s for utilisation")
+    p.add_argument("--calibrate", action="store_true", help="also measure a 1024^3 fp32 matmul's FLOP/s")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="smoke variants, 1 warm-up, 2 x 2 steps (tests)")
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/train_step[_<variant>].json)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.variant, args.steps, args.repeats, args.warmup = "smoke", 2, 2, 1
+    return args
+
+
+def main(argv=None) -> str:
+    args = parse_args(argv)
+    rows = [bench_model(m, args) for m in common.parse_csv(args.models)]
+    extra = {"peak_flops": args.peak_flops}
+    if args.calibrate:
+        extra["matmul_fp32_flops_s"] = calibrate_matmul()
+    columns = ["model", "variant", "resolution", "batch", "params_M", "compile_s", "step_ms_median", "steps_per_s",
+               "images_per_s", "gflops_per_step", "achieved_gflops_s", "utilisation", "footprint_mb"]
+    common.print_table(rows, columns, title=f"train_step (peak {args.peak_flops:.3g} FLOP/s)")
+    if "matmul_fp32_flops_s" in extra:
+        print(f"\n1024^3 fp32 matmul: {extra['matmul_fp32_flops_s'] / 1e9:.1f} GFLOP/s")
+    name = "train_step" + (f"_{args.variant}" if args.variant else "_paper")
+    path = common.write_result(name, rows, vars(args), out=args.out, extra=extra)
+    print(f"\nwrote {os.path.relpath(path)}")
+    return path
+
+
+if __name__ == "__main__":
+    main()
