@@ -313,3 +313,24 @@ def test_forward_shapes_299(zip_path):
     assert np.all(np.isfinite(np.asarray(out["pool"])))
     assert np.all(np.asarray(out["pool"]) >= 0)  # mean of ReLU outputs
     assert not np.allclose(out["pool"][0], out["pool"][1])
+
+
+def test_malformed_pickles_refused():
+    for payload in (b"\x80\x02R.", b"\x80\x02]q\x00(]q\x01K\x01u.", b"\x80\x02", b"garbage"):
+        with pytest.raises(wi.UnsafePickleError):
+            wi._interpret(io.BytesIO(payload))
+
+
+def test_inception_extractor_on_grey_uint8(tmp_path, zip_path):
+    # The run-time path: converted file -> jitted extractor; grey 64x64 uint8 -> 299 RGB -> 2048.
+    from xray_gen.evaluation import features
+
+    dst = str(tmp_path / "inception.safetensors")
+    with pytest.warns(RuntimeWarning):
+        wi.convert(zip_path, dst)
+    ext = features.inception_extractor(dst, output="pool", batch_size=2)
+    assert ext.name == "inception_v3_fid_pool" and ext.resolution == (299, 299)
+    assert ext.weights_checksum == wi.sha256_file(zip_path)
+    imgs = np.random.default_rng(0).integers(0, 256, size=(3, 64, 64), dtype=np.uint8)
+    f = ext(imgs)
+    assert f.shape == (3, 2048) and f.dtype == np.float32 and np.all(np.isfinite(f))

@@ -206,6 +206,15 @@ _VALUE_OPS = {  # opcodes whose parsed argument is the value to push
 
 def _interpret(stream, persistent_load=None) -> Any:
     """Evaluates one pickle from ``stream`` with the allow-list above. Never imports anything."""
+    try:
+        return _interpret_unchecked(stream, persistent_load)
+    except UnsafePickleError:
+        raise
+    except (IndexError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UnsafePickleError(f"malformed pickle stream ({type(e).__name__}: {e})") from e
+
+
+def _interpret_unchecked(stream, persistent_load) -> Any:
     stack: List[Any] = []
     memo: Dict[int, Any] = {}
 
@@ -316,8 +325,7 @@ def _interpret(stream, persistent_load=None) -> Any:
             obj = stack[-1]
             if not isinstance(obj, collections.OrderedDict) or not isinstance(state, dict):
                 raise UnsafePickleError(f"BUILD on {type(obj).__name__} is not allowed")
-            # A state dict's `_metadata` (module versions): kept as data, never executed.
-            obj.__dict__.update({str(k): v for k, v in state.items()})
+            # A state dict's `_metadata` (module versions) is not needed: dropped.
         elif name == "BINPERSID":
             if persistent_load is None:
                 raise UnsafePickleError("persistent id outside a checkpoint")
