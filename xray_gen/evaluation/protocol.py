@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import importlib.metadata
 import json
 import math
 import os
-import platform
 import tempfile
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
@@ -29,8 +27,6 @@ __all__ = ["Protocol", "write_result_json", "read_result_json", "package_version
 
 SCHEMA = "xray_gen.evaluation.result.v1"
 
-_PACKAGES = ("xray_gen", "jax", "jaxlib", "flax", "numpy", "scipy", "scikit-learn", "dm-pix",
-             "safetensors", "optax", "orbax-checkpoint")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,13 +84,10 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def package_versions() -> Dict[str, Optional[str]]:
-    out: Dict[str, Optional[str]] = {"python": platform.python_version(),
-                                     "platform": platform.platform()}
-    for name in _PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
+    """The run records' package versions plus the JAX backend and devices."""
+    from xray_gen.training.records import package_versions as installed_versions
+
+    out: Dict[str, Optional[str]] = dict(installed_versions())
     try:
         import jax
 
@@ -103,6 +96,23 @@ def package_versions() -> Dict[str, Optional[str]]:
     except Exception:  # noqa: BLE001 - versions are best effort, never fatal
         pass
     return out
+
+
+def model_protocol(config, extractor: str, params, image_count: int, bootstrap_n: int = 0) -> "Protocol":
+    """Protocol of a trained network scored on its own config's data split (classifier, VCN)."""
+    from xray_gen.evaluation.features import params_checksum
+
+    return Protocol(
+        extractor=extractor,
+        weights_checksum=params_checksum(params),
+        image_count=int(image_count),
+        resolution=int(config.data.resolution),
+        resize_policy=f"bilinear to {config.data.resolution} px (pipeline)",
+        grey_to_rgb="none (1-channel input)",
+        seeds=(int(config.seed), int(config.data.phantom.seed)),
+        bootstrap_n=int(bootstrap_n),
+        reference=f"{config.data.source}/{config.eval.split}",
+    )
 
 
 def write_result_json(path: str, metrics: Mapping[str, Any], protocol: Protocol,

@@ -9,12 +9,9 @@ are the in-domain feature extractor for FID; its probabilities give clinical-eff
 
 from __future__ import annotations
 
-import functools
-import json
 import os
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -120,10 +117,10 @@ class ClassifierTask(loop.Task):
             neg_weight=jnp.asarray(neg),
         )
 
-    def train_step(self, state: ClassifierState, batch):
-        c = self.config
+    def loss_and_grads(self, state: ClassifierState, batch):
+        """(loss, (new batch stats, logits)), grads for one global batch (augmentation included)."""
         rng = jax.random.fold_in(state.rng, state.step)
-        images = aug.augment(rng, aug.to_float(batch["frontal"]), **c.classifier.augment)
+        images = aug.augment(rng, aug.to_float(batch["frontal"]), **self.config.classifier.augment)
 
         def loss_fn(params):
             (logits, _), updates = self.net.apply(
@@ -132,12 +129,15 @@ class ClassifierTask(loop.Task):
             loss = weighted_bce(logits, batch["targets"], batch["label_mask"], state.pos_weight, state.neg_weight)
             return loss, (updates["batch_stats"], logits)
 
-        (loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        return jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+
+    def train_step(self, state: ClassifierState, batch):
+        (loss, (batch_stats, logits)), grads = self.loss_and_grads(state, batch)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        lr = c.optim.learning_rate * state.lr_scale
+        lr = self.config.optim.learning_rate * state.lr_scale
         params = jax.tree.map(lambda p, u: p - lr * u, state.params, updates)
         accuracy = jnp.sum(((logits > 0) == (batch["targets"] > 0.5)) * batch["label_mask"]) / jnp.sum(batch["label_mask"])
-        metrics = {"loss": loss, "accuracy": accuracy, "learning_rate": lr, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss, "accuracy": accuracy, "learning_rate": lr, "grad_norm": optax.tree.norm(grads)}
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
         return new_state, metrics
 
@@ -188,7 +188,7 @@ class ClassifierTask(loop.Task):
     def final_report(self, state, workdir: str) -> dict:
         """`--mode=evaluate`: per-class AUROC with bootstrap CIs on `eval.split`, written as JSON."""
         from xray_gen.evaluation.metrics import bootstrap_ci
-        from xray_gen.evaluation.protocol import Protocol, write_result_json
+        from xray_gen.evaluation.protocol import model_protocol, write_result_json
 
         c = self.config
         out = self.scores(state, c.eval.split, c.eval.num_examples)
@@ -199,11 +199,7 @@ class ClassifierTask(loop.Task):
         )
         metrics = {"split": c.eval.split, "num_examples": int(len(out["probs"])), "macro_auroc": auroc["macro"],
                    "macro_auroc_ci95": [ci[1], ci[2]], "auroc": auroc, "thresholds": self.thresholds().tolist()}
-        protocol = Protocol(
-            extractor="classifier", weights_checksum="", image_count=int(len(out["probs"])),
-            resolution=c.data.resolution, resize_policy="bilinear to data.resolution", grey_to_rgb="none (1 channel)",
-            seeds={"seed": c.seed, "phantom": c.data.phantom.seed}, bootstrap_n=c.eval.bootstrap,
-        )
+        protocol = model_protocol(c, "classifier", state.params, len(out["probs"]), c.eval.bootstrap)
         path = os.path.join(workdir, "eval", f"classifier_{c.eval.split}.json")
         write_result_json(path, metrics, protocol)
         return metrics

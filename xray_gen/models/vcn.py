@@ -10,6 +10,8 @@ and the evaluator's multi-view score.
 
 from __future__ import annotations
 
+import os
+
 import flax
 import flax.linen as nn
 import jax
@@ -116,25 +118,27 @@ class VCNTask(loop.Task):
             batch_stats=variables["batch_stats"], opt_state=self.tx.init(variables["params"]),
         )
 
-    def train_step(self, state: VCNState, batch):
+    def loss_and_grads(self, state: VCNState, batch):
+        """(loss, (new batch stats, pos logits, neg logits, neg mask)), grads for one global batch."""
         aug_cfg = self.config.vcn.augment
-        rng = jax.random.fold_in(state.rng, state.step)
-        k_f, k_l = jax.random.split(rng)
+        k_f, k_l = jax.random.split(jax.random.fold_in(state.rng, state.step))
         frontal = aug.augment(k_f, aug.to_float(batch["frontal"]), **aug_cfg)
         lateral = aug.augment(k_l, aug.to_float(batch["lateral"]), **aug_cfg)
         neg_mask = (batch["patient"] != jnp.roll(batch["patient"], 1)).astype(jnp.float32)
 
         def loss_fn(params):
-            pos, neg, updates = pair_logits(
-                self.net, {"params": params, "batch_stats": state.batch_stats}, frontal, lateral, train=True
-            )
-            return pair_loss(pos, neg, neg_mask), (updates["batch_stats"], pos, neg)
+            variables = {"params": params, "batch_stats": state.batch_stats}
+            pos, neg, updates = pair_logits(self.net, variables, frontal, lateral, train=True)
+            return pair_loss(pos, neg, neg_mask), (updates["batch_stats"], pos, neg, neg_mask)
 
-        (loss, (batch_stats, pos, neg)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        return jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+
+    def train_step(self, state: VCNState, batch):
+        (loss, (batch_stats, pos, neg, neg_mask)), grads = self.loss_and_grads(state, batch)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         accuracy = 0.5 * (jnp.mean(pos > 0) + jnp.sum((neg < 0) * neg_mask) / jnp.maximum(jnp.sum(neg_mask), 1.0))
-        metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
         return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state), metrics
 
     def predict_fn(self, state: VCNState, batch):
@@ -151,18 +155,12 @@ class VCNTask(loop.Task):
         return state, pair_metrics(out)
 
     def final_report(self, state, workdir: str) -> dict:
-        import os
-
-        from xray_gen.evaluation.protocol import Protocol, write_result_json
+        from xray_gen.evaluation.protocol import model_protocol, write_result_json
 
         c = self.config
         out = self.scores(state, c.eval.split, c.eval.num_examples)
         metrics = {"split": c.eval.split, **pair_metrics(out)}
-        protocol = Protocol(
-            extractor="vcn", weights_checksum="", image_count=int(len(out["pos"])), resolution=c.data.resolution,
-            resize_policy="bilinear to data.resolution", grey_to_rgb="none (1 channel)",
-            seeds={"seed": c.seed, "phantom": c.data.phantom.seed}, bootstrap_n=0,
-        )
+        protocol = model_protocol(c, "vcn", state.params, len(out["pos"]))
         write_result_json(os.path.join(workdir, "eval", f"vcn_{c.eval.split}.json"), metrics, protocol)
         return metrics
 

@@ -11,12 +11,13 @@ import jax
 
 PACKAGES = (
     "xray_gen", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "clu",
-    "tensorflow-datasets", "ml-collections", "sentencepiece", "dm-pix", "numpy", "scipy",
+    "tensorflow-datasets", "ml-collections", "sentencepiece", "dm-pix", "numpy", "scipy", "scikit-learn",
+    "safetensors",
 )
 
 
 def package_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
+    out = {"python": platform.python_version(), "platform": platform.platform()}
     for name in PACKAGES:
         try:
             out[name] = importlib.metadata.version(name)
