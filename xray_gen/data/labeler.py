@@ -122,7 +122,7 @@ POST_NEG = [
     r"(?:has|have) (?:resolved|been removed)", r"(?:is|are) (?:absent|resolved|removed)",
     r"no longer (?:seen|visualized|present|identified)", r"not (?:seen|identified|present|visualized)",
 ]
-BREAKERS = r"\bbut\b|\bhowever\b|\balthough\b|\bthough\b|;|\bexcept\b|\bwhich\b|\bwhereas\b|\bwhile\b|\band there\b|\bwith the exception of\b"
+BREAKERS = r"\bbut\b(?! (?:otherwise )?(?:clear|normal))|\bhowever\b|\balthough\b|\bthough\b|;|\bexcept\b|\bwhich\b|\bwhereas\b|\bwhile\b|\band there\b|\bwith the exception of\b"
 
 
 def _alt(patterns):

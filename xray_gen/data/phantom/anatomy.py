@@ -118,8 +118,8 @@ def build(anat: Anatomy, rng: np.random.Generator) -> Scene:
         s.ellipsoid([sg * 14.0 * w, 2.0, 13.0], [5.0 * w, 5.0 * d, 4.5], sc.TISSUE)
         if p.breast > 0:
             b = p.breast
-            s.ellipsoid([sg * 8.8 * w, -10.2 * d - 0.5 * fat, -6.0 - 1.0 * b], [6.2 * b, 2.4 * b, 5.2 * b],
-                        sc.TISSUE)
+            s.ellipsoid([sg * 8.8 * w, -10.2 * d - 0.5 * fat, -6.0 - 1.0 * b], [5.2 * b, 2.4 * b, 5.0 * b],
+                        0.55 * sc.TISSUE)  # mostly fat
     # Lungs (minus diaphragm domes), heart and mediastinum filling lung space.
     for side in SIDES:
         lung, dome = anat.lungs[side], anat.domes[side]
@@ -128,7 +128,7 @@ def build(anat: Anatomy, rng: np.random.Generator) -> Scene:
             s.compound(lung, sc.AIR, minus=dome)  # pleural air
             s.compound(small, sc.LUNG - sc.AIR, clip=lung, minus=dome)  # the collapsed lung
             rim = small.scaled(0.96)
-            s.compound(small, 0.12, clip=lung, minus=rim)  # visceral pleural line
+            s.compound(small, 0.25, clip=lung, minus=rim)  # visceral pleural line
         else:
             s.compound(lung, sc.LUNG, minus=dome)
         for organ in (anat.heart, anat.mediastinum):
@@ -175,7 +175,7 @@ def _spine(s: Scene, anat: Anatomy) -> None:
     zs = np.arange(19.0, -23.0, -2.55)
     for z in zs:
         y = anat.spine_y - 0.012 * (z + 2.0) ** 2 + 0.6
-        s.ellipsoid([0, y, z], [1.9, 1.6, 1.15], sc.BONE * 0.55)
+        s.tube([[0, y, z - 1.0], [0, y, z + 1.0]], 1.75, sc.BONE * 0.45)  # vertebral body
         s.ellipsoid([0, y + 3.8, z - 0.6], [0.45, 1.4, 0.7], sc.BONE * 0.6)
         for sg in (-1, 1):
             s.ellipsoid([sg * 1.5, y + 2.0, z + 0.1], [0.5, 0.9, 0.55], sc.BONE * 0.6)
@@ -232,7 +232,7 @@ def _vessels(s: Scene, anat: Anatomy, rng: np.random.Generator) -> None:
         starts = np.repeat(anat.hila[side][None], 7, 0)
         ang = np.linspace(-1.25, 1.35, 7) + rng.normal(0, 0.1, 7)
         dirs = np.stack([sg * np.cos(ang) * 0.9, rng.normal(0, 0.5, 7), np.sin(ang) * 1.2], 1)
-        radius, length = 0.42, 4.2
+        radius, length = 0.55, 4.2
         p0, p1, rr = [], [], []
         for _ in range(3):
             dirs = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
@@ -242,7 +242,7 @@ def _vessels(s: Scene, anat: Anatomy, rng: np.random.Generator) -> None:
             rr.append(np.full(len(starts), radius))
             starts = np.repeat(ends, 2, 0)
             dirs = np.repeat(dirs, 2, 0) + rng.normal(0, 0.45, (2 * len(dirs), 3))
-            radius, length = radius * 0.62, length * 0.8
+            radius, length = radius * 0.65, length * 0.8
         p0, p1, rr = np.concatenate(p0), np.concatenate(p1), np.concatenate(rr)
         keep = lung.contains(p1) & lung.contains(p0)
         if anat.edema > 0:
@@ -250,4 +250,4 @@ def _vessels(s: Scene, anat: Anatomy, rng: np.random.Generator) -> None:
         s.tube_p0.append(p0[keep])
         s.tube_p1.append(p1[keep])
         s.tube_r.append(rr[keep])
-        s.tube_mu.append(np.full(keep.sum(), -sc.LUNG * (0.9 + 0.3 * anat.edema)))
+        s.tube_mu.append(np.full(keep.sum(), sc.TISSUE * (1.0 + 0.3 * anat.edema)))

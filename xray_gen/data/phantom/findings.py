@@ -67,7 +67,7 @@ def _draw(rng: np.random.Generator, name: str, value: float, patient: Patient) -
     elif name == "Pneumothorax":
         f.zone = "upper"
     elif name == "Fracture":
-        f.zone = "middle"
+        f.zone, f.kind = "middle", str(int(rng.integers(4, 9)))  # rib number
     if name == "Support Devices":
         supine = patient.view != "PA"
         chosen = [d for d, p in zip(DEVICES, (0.5 if supine else 0.05, 0.35, 0.15, 0.35, 0.3))
@@ -157,7 +157,7 @@ def apply_before(truth: dict, anat: Anatomy, rng: np.random.Generator) -> None:
             lung = anat.lungs[side]
             anat.collapsed[side] = lung.scaled(shrink, about=anat.hila[side] + [0, 0, -2.0])
     if (f := truth.get("Fracture")) is not None:
-        anat.broken_rib = (f.side if f.side != "bilateral" else "right", int(rng.integers(4, 9)))
+        anat.broken_rib = (f.sides[0], int(f.kind))
     if (f := truth.get("Atelectasis")) is not None and f.kind == "basal":
         for side in f.sides:  # volume loss: the hemidiaphragm rises
             d = anat.domes[side]
@@ -193,7 +193,7 @@ def apply_after(truth: dict, anat: Anatomy, s: Scene, rng: np.random.Generator) 
                 jitter = rng.normal(0, 1.2, 3)
                 blob = Ellipsoid.make(c + jitter, size * rng.uniform(0.7, 1.2, 3),
                                       rotation(*rng.uniform(-0.6, 0.6, 3)))
-                s.compound(blob, -sc.LUNG * mu * (0.6 if f.value != 1 else 1.0) / 2, clip=lungs[side],
+                s.compound(blob, -sc.LUNG * mu * (0.5 if f.value != 1 else 0.8), clip=lungs[side],
                            minus=domes[side])
     if (f := truth.get("Lung Lesion")) is not None:
         side = f.sides[0]
@@ -243,8 +243,8 @@ def _devices(s: Scene, anat: Anatomy, kinds: list[str]) -> None:
                        [-5.0 * w, -2.0, 11.0], [-1.8, -1.0, 6.5], [-1.5, -1.0, 2.5]]
             s.tube(pts, 0.12, sc.METAL * 0.25)
         elif kind == "pacemaker":
-            gen = np.array([8.5 * w, -9.5, 12.0])
-            s.ellipsoid(gen, [2.4, 0.5, 1.9], sc.METAL * 0.6)
+            gen = np.array([8.5 * w, -8.4, 12.0])
+            s.ellipsoid(gen, [2.4, 0.6, 1.9], sc.METAL * 2.0)
             lead = [gen + [-1.5, 0.5, 0.3], [4.5 * w, -5.0, 13.0], [0.5, -2.0, 9.0], [-1.0, -1.0, 4.0],
                     [-0.8, -2.5, hz + 1.0], [2.0, -5.0, hz - 2.0], [4.5 * w, -6.0, hz - 3.5]]
             s.tube(lead, 0.13, sc.METAL)

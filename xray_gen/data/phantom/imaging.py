@@ -21,7 +21,8 @@ VIEWS = {
     "LATERAL": View(a_axis=1, depth_axis=0, sid=180.0, detector=17.0),
 }
 # Display window (line-integral units) per view: [lo, hi] maps to [0, 1] before the gamma.
-WINDOWS = {"frontal": (0.4, 6.4), "lateral": (1.0, 9.0)}
+WINDOWS = {"frontal": (0.3, 7.5), "lateral": (0.8, 9.5)}
+DISPLAY_GAMMA = 0.7  # < 1 lifts the lungs to mid-grey, like processed clinical radiographs
 
 
 @functools.lru_cache(maxsize=16)
@@ -72,6 +73,6 @@ def radiographs(scene: Scene, arms: Scene, patient: Patient, resolution: int,
         sigma = patient.noise * np.exp(0.25 * np.minimum(line, 8.0))
         line = line + sigma * rng.standard_normal(line.shape, dtype=np.float32)
         line = _blur(line)
-        x = np.clip((line - lo) / ((hi - lo) * patient.exposure), 0.0, 1.0) ** patient.gamma
+        x = np.clip((line - lo) / ((hi - lo) * patient.exposure), 0.0, 1.0) ** (DISPLAY_GAMMA * patient.gamma)
         out.append((x * 255.0 + 0.5).astype(np.uint8))
     return out[0], out[1]

@@ -151,7 +151,7 @@ def _finding_sentence(w: _Writer, f: Finding) -> str:
         return w.say(w.pick([f"{side} {where} pleural thickening.",
                              f"calcified pleural plaque along the {side} lateral chest wall."]), Pleural_Other=1.0)
     if n == "Fracture":
-        rib = ORDINAL.get(int(w.rng.integers(4, 9)))
+        rib = ORDINAL[int(f.kind)]
         if hedge:
             return w.say(w.pick([f"possible {side} rib fracture.", f"questionable fracture of the {side} {rib} rib."]),
                          Fracture=-1.0)
@@ -240,7 +240,8 @@ def _impression(w: _Writer, truth: dict) -> str:
         parts.append(w.say(f"{where}{word}", **{f.name.replace(" ", "_"): 1.0}))
     sentences = []
     if parts:
-        joined = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1].lower()
+        parts = [parts[0]] + [p[0].lower() + p[1:] for p in parts[1:]]
+        joined = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
         sentences.append(joined[0].upper() + joined[1:] + ".")
     for f in hedged:
         sentences.append(w.say(w.pick([f"possible {short[f.name]}.", f"{short[f.name]} cannot be excluded."]),

@@ -20,7 +20,7 @@ import numpy as np
 
 # Attenuation (1/cm) relative to soft tissue at a diagnostic effective energy.
 TISSUE = 0.20
-LUNG = -0.16  # aerated lung = tissue + LUNG
+LUNG = -0.145  # aerated lung = tissue + LUNG
 AIR = -0.20
 BONE = 0.30
 CARTILAGE = 0.06
