@@ -60,13 +60,10 @@ def radiographs(scene: Scene, arms: Scene, patient: Patient, resolution: int,
                 rng: np.random.Generator):
     """(frontal, lateral) uint8 images of the same scene; `arms` only appear on the frontal."""
     rot = (rotation(0.0, 0.0, np.deg2rad(patient.rotation_deg)), np.zeros(3))
-    scene, arms = scene.transformed(rot), arms.transformed(rot)
+    scenes = {"frontal": scene.merged(arms).transformed(rot), "lateral": scene.transformed(rot)}
     out = []
     for kind, view in (("frontal", patient.view), ("lateral", "LATERAL")):
-        proj = projector(view, resolution)
-        line = proj.render(scene)
-        if kind == "frontal":
-            line += proj.render(arms)
+        line = projector(view, resolution).render(scenes[kind])
         _marker(line, patient, kind == "lateral", rng)
         lo, hi = WINDOWS[kind]
         # Quantum noise is larger where fewer photons arrive (dense regions).

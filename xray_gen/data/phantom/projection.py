@@ -86,10 +86,11 @@ class Projector:
         return j0, j1, i0, i1
 
     def _scatter(self, canvas, j0, i0, size, values):
-        """Add (n, size, size) patches at (i0, j0) into the padded flat canvas."""
-        idx = (i0[:, None, None] + self.offs[None, :size, None]) * self.width + (
-            j0[:, None, None] + self.offs[None, None, :size])
-        canvas += np.bincount(idx.ravel(), values.ravel(), minlength=canvas.size)
+        """Add (n, h, w) patches at (i0, j0) into the padded flat canvas; size = (h, w)."""
+        h, w = size
+        idx = (i0[:, None, None] + self.offs[None, :h, None]) * self.width + (
+            j0[:, None, None] + self.offs[None, None, :w])
+        self._pending.append((idx.ravel(), values.ravel()))
 
     # -- primitives ---------------------------------------------------------------------------
     def ellipsoids(self, canvas, center, shape, mu):
@@ -101,16 +102,16 @@ class Projector:
                                    c2[:, 1] - ext[:, 1], c2[:, 1] + ext[:, 1])
         size = np.maximum(j1 - j0, i1 - i0)
         amp = mu * peak
-        for s, sel in _groups(size):
-            if s is None:
+        for (sh, sw), sel in _groups(i1 - i0, j1 - j0):
+            if sh is None:
                 continue
-            du = self.a_coords.take(np.minimum(j0[sel, None] + self.offs[:s], self.res - 1)) - c2[sel, :1]
-            dz = self.z_coords.take(np.minimum(i0[sel, None] + self.offs[:s], self.res - 1)) - c2[sel, 1:]
+            du = self.a_coords.take(np.minimum(j0[sel, None] + self.offs[:sw], self.res - 1)) - c2[sel, :1]
+            dz = self.z_coords.take(np.minimum(i0[sel, None] + self.offs[:sh], self.res - 1)) - c2[sel, 1:]
             q = (inv[sel, 0, None, None] * du[:, None, :] ** 2
                  + 2 * inv[sel, 1, None, None] * du[:, None, :] * dz[:, :, None]
                  + inv[sel, 2, None, None] * dz[:, :, None] ** 2)
             val = amp[sel, None, None] * np.sqrt(np.maximum(1.0 - q, 0.0))
-            self._scatter(canvas, j0[sel], i0[sel], s, val)
+            self._scatter(canvas, j0[sel], i0[sel], (sh, sw), val)
         img = canvas.reshape(-1, self.width)
         for k in np.flatnonzero(size > PATCH):
             du = self.a_coords[j0[k]:j1[k]] - c2[k, 0]
@@ -137,15 +138,14 @@ class Projector:
         amp = 2.0 * mu / sin
         lo, hi = np.minimum(a0, a1) - r[:, None], np.maximum(a0, a1) + r[:, None]
         j0, j1, i0, i1 = self._box(lo[:, 0], hi[:, 0], lo[:, 1], hi[:, 1])
-        size = np.maximum(j1 - j0, i1 - i0)
         r2 = r**2
-        for s, sel in _groups(size):
-            if s is None:  # rare: long straight segments, one slice each
+        for (sh, sw), sel in _groups(i1 - i0, j1 - j0):
+            if sh is None:  # rare: long straight segments, one slice each
                 for k in sel:
                     self._tube_slice(canvas, a0[k], e2[k], l2[k], r2[k], amp[k], j0[k], j1[k], i0[k], i1[k])
                 continue
-            wa = self.a_coords.take(np.minimum(j0[sel, None] + self.offs[:s], self.res - 1)) - a0[sel, :1]
-            wz = self.z_coords.take(np.minimum(i0[sel, None] + self.offs[:s], self.res - 1)) - a0[sel, 1:]
+            wa = self.a_coords.take(np.minimum(j0[sel, None] + self.offs[:sw], self.res - 1)) - a0[sel, :1]
+            wz = self.z_coords.take(np.minimum(i0[sel, None] + self.offs[:sh], self.res - 1)) - a0[sel, 1:]
             wa, wz = wa[:, None, :], wz[:, :, None]
             ea, ez = e2[sel, 0, None, None], e2[sel, 1, None, None]
             dot = wa * ea + wz * ez
@@ -153,7 +153,7 @@ class Projector:
             rho2 = wa**2 + wz**2 - dot**2 / ll
             inside = (dot >= 0) & (dot <= ll)
             val = amp[sel, None, None] * np.sqrt(np.maximum(r2[sel, None, None] - rho2, 0.0)) * inside
-            self._scatter(canvas, j0[sel], i0[sel], s, val)
+            self._scatter(canvas, j0[sel], i0[sel], (sh, sw), val)
 
     def _tube_slice(self, canvas, a0, e2, l2, r2, amp, j0, j1, i0, i1):
         img = canvas.reshape(-1, self.width)
@@ -202,6 +202,7 @@ class Projector:
     def render(self, scene: Scene) -> np.ndarray:
         """Line-integral image (res, res) float32 of the scene."""
         canvas = np.zeros(self.width * self.width, np.float64)
+        self._pending = []
         if scene.ell_mu:
             self.ellipsoids(canvas, np.stack(scene.ell_center), np.stack(scene.ell_shape),
                             np.asarray(scene.ell_mu, float))
@@ -209,17 +210,27 @@ class Projector:
             self.tubes(canvas, np.concatenate(scene.tube_p0), np.concatenate(scene.tube_p1),
                        np.concatenate(scene.tube_r), np.concatenate(scene.tube_mu))
         self.compounds(canvas, scene.compounds)
+        if self._pending:  # one scatter for all batched patches
+            idx = np.concatenate([p[0] for p in self._pending])
+            val = np.concatenate([p[1] for p in self._pending])
+            canvas += np.bincount(idx, val, minlength=canvas.size)
+            self._pending = []
         return canvas.reshape(self.width, self.width)[: self.res, : self.res].astype(np.float32)
 
 
-_EDGES = np.array([2, 4, 8, 16, 32, PATCH])
+_EDGES = np.array([2, 4, 8, 12, 16, 24, 32, PATCH])
 
 
-def _groups(size):
-    """(patch size, indices) per size class; (None, indices) for boxes bigger than PATCH."""
-    cls = np.searchsorted(_EDGES, size)  # first edge >= size
+def _groups(h, w):
+    """((patch h, patch w), indices) per box-size class; ((None, None), indices) for boxes with a
+    side bigger than PATCH (rendered one by one); empty boxes are dropped."""
+    ch, cw = np.searchsorted(_EDGES, h), np.searchsorted(_EDGES, w)  # first edge >= size
+    big = (ch >= len(_EDGES)) | (cw >= len(_EDGES))
+    ok = (h > 0) & (w > 0)
     out = []
-    for k in np.unique(cls[size > 0]):
-        sel = np.flatnonzero((cls == k) & (size > 0))
-        out.append((None if k >= len(_EDGES) else int(_EDGES[k]), sel))
+    if np.any(big & ok):
+        out.append(((None, None), np.flatnonzero(big & ok)))
+    key = np.where(big | ~ok, -1, ch * len(_EDGES) + cw)
+    for k in np.unique(key[key >= 0]):
+        out.append(((int(_EDGES[k // len(_EDGES)]), int(_EDGES[k % len(_EDGES)])), np.flatnonzero(key == k)))
     return out

@@ -95,6 +95,13 @@ class Scene:
                  minus: Ellipsoid | None = None) -> None:
         self.compounds.append((a, clip, minus, mu))
 
+    def merged(self, other: "Scene") -> "Scene":
+        """A new scene holding the primitives of both."""
+        out = Scene()
+        for f in dataclasses.fields(Scene):
+            setattr(out, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return out
+
     def transformed(self, fn) -> "Scene":
         """A new scene with every point mapped by the affine map x -> fn(x) = A x + b (fn is
         given as a (3, 3) matrix and a (3,) offset tuple)."""
