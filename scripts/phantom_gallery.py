@@ -32,7 +32,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     ph = Phantom(resolution=args.resolution, seed=args.seed)
-    fig, axes = plt.subplots(2, 6, figsize=(18, 9.5), gridspec_kw={"height_ratios": [1, 1]})
+    fig, axes = plt.subplots(2, 6, figsize=(18, 8.4), gridspec_kw={"height_ratios": [1, 1]})
     for k, (values, index) in enumerate(CASES):
         s = ph.study_with(values, index=index, split="test")
         row, col = divmod(k, 3)
@@ -42,10 +42,10 @@ def main():
             ax.set_title(f"{s.patient_id} {name}", fontsize=8)
             ax.axis("off")
         text = textwrap.fill(s.report.replace("\n", " "), 78)
-        axes[row, 2 * col].text(0.0, -0.04, text, transform=axes[row, 2 * col].transAxes, fontsize=6.2,
+        axes[row, 2 * col].text(0.0, -0.04, text, transform=axes[row, 2 * col].transAxes, fontsize=6.4,
                                 va="top", ha="left", family="monospace")
-    fig.subplots_adjust(left=0.01, right=0.99, top=0.97, bottom=0.17, wspace=0.03, hspace=0.75)
-    fig.savefig(args.out, dpi=80)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.97, bottom=0.12, wspace=0.03, hspace=0.45)
+    fig.savefig(args.out, dpi=110)
     print(f"wrote {args.out}")
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from xray_gen.data.phantom import scene as sc
 from xray_gen.data.phantom.scene import Ellipsoid, Scene, rotation
 
-RIB = 0.8 * sc.BONE
+RIB = 0.7 * sc.BONE
 SIDES = {"right": -1.0, "left": 1.0}  # sign of x for the patient's side
 
 
@@ -61,7 +61,7 @@ class Anatomy:
     patient: Patient
     lungs: dict  # side -> Ellipsoid
     domes: dict  # side -> Ellipsoid (diaphragm dome; subtracted from the lung)
-    heart: Ellipsoid
+    heart: Ellipsoid  # the ventricles; its size is what cardiomegaly changes
     mediastinum: Ellipsoid
     hila: dict  # side -> (3,) hilum point
     chest_rx: float
@@ -70,6 +70,12 @@ class Anatomy:
     edema: float = 0.0  # 0 none .. 1 severe (thickens vessel markings)
     broken_rib: tuple | None = None  # (side, rib number) for a fracture
     collapsed: dict = dataclasses.field(default_factory=dict)  # side -> collapsed lung (pneumothorax)
+
+    def atrium(self) -> Ellipsoid:
+        """Right atrium (right heart border), placed and scaled with the ventricles."""
+        semi = np.sqrt(np.linalg.eigvalsh(self.heart.shape)).mean() / 5.3
+        c = self.heart.center + np.array([-4.0, 1.0, 1.2]) * semi * [self.patient.width, 1, 1]
+        return Ellipsoid.make(c, np.array([2.9, 3.4, 3.6]) * semi)
 
     def zone_center(self, side: str, zone: str) -> np.ndarray:
         """A point inside the lung of `side` for zone 'upper', 'middle' or 'lower'."""
@@ -95,8 +101,8 @@ def make_anatomy(p: Patient) -> Anatomy:
                                      [9.0 * w, 10.0 * d, 9.5])
         hila[side] = np.array([s * 4.2 * w, 1.0 * d, 0.5 + 0.3 * (1 - insp) * 10])
     heart_z = 0.5 * (dome_top["right"] + dome_top["left"]) + 3.3
-    heart = Ellipsoid.make([2.2 * w, -2.6 * d, heart_z], [6.6 * w, 5.4 * d, 4.5],
-                           rotation(0.15, -0.55 + 0.4 * (1 - insp), 0.35))
+    heart = Ellipsoid.make([2.4 * w, -2.6 * d, heart_z], [6.4 * w, 5.2 * d, 4.4],
+                           rotation(0.15, 0.45 - 0.8 * (1 - insp), 0.35))
     mediastinum = Ellipsoid.make([0.3, -0.5 * d, 7.5], [2.6 * w, 4.0 * d, 6.0])
     return Anatomy(p, lungs, domes, heart, mediastinum, hila, chest_rx=14.6 * w, chest_ry=9.8 * d,
                    spine_y=5.6 * d)
@@ -131,7 +137,7 @@ def build(anat: Anatomy, rng: np.random.Generator) -> Scene:
             s.compound(small, 0.25, clip=lung, minus=rim)  # visceral pleural line
         else:
             s.compound(lung, sc.LUNG, minus=dome)
-        for organ in (anat.heart, anat.mediastinum):
+        for organ in (anat.heart, anat.atrium(), anat.mediastinum):
             s.compound(organ, -sc.LUNG, clip=lung, minus=dome)
     s.add(anat.heart, 0.02)
     # Liver, gastric bubble.

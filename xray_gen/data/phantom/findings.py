@@ -200,12 +200,13 @@ def apply_after(truth: dict, anat: Anatomy, s: Scene, rng: np.random.Generator) 
         r = (rng.uniform(2.0, 3.5) if f.kind == "mass" else rng.uniform(0.6, 1.3)) * (
             1.0 if f.value == 1 else 0.7)
         c = anat.zone_center(side, f.zone) + rng.normal(0, 1.0, 3)
-        s.compound(Ellipsoid.make(c, r * rng.uniform(0.85, 1.15, 3)), -sc.LUNG * 1.1, clip=lungs[side])
+        s.compound(Ellipsoid.make(c, r * rng.uniform(0.85, 1.15, 3)), -sc.LUNG * 1.5, clip=lungs[side])
     if (f := truth.get("Edema")) is not None:
         k = _strength(f) if f.value == 1 else 0.3
         for side in ("right", "left"):
-            hz = Ellipsoid.make(anat.hila[side] + [SIDES[side] * 2.5, 0.5, -1.0], [6.0, 7.0, 8.0])
-            s.compound(hz, -sc.LUNG * 0.35 * k, clip=lungs[side], minus=domes[side])
+            for scale, mu in ((1.0, 0.12), (0.7, 0.12), (0.45, 0.1)):  # soft perihilar 'bat wing'
+                hz = Ellipsoid.make(anat.hila[side] + [SIDES[side] * 2.0, 0.5, -1.0], np.array([7.0, 7.5, 9.0]) * scale)
+                s.compound(hz, -sc.LUNG * mu * k, clip=lungs[side], minus=domes[side])
             s.compound(lungs[side], -sc.LUNG * 0.08 * k, minus=domes[side])
     if (f := truth.get("Atelectasis")) is not None:
         for side in f.sides:
@@ -241,7 +242,7 @@ def _devices(s: Scene, anat: Anatomy, kinds: list[str]) -> None:
             else:
                 pts = [[-18.5 * w, 1.5, 6.0], [-17.0 * w, 1.0, 12.0], [-12.0 * w, -2.0, 13.5],
                        [-5.0 * w, -2.0, 11.0], [-1.8, -1.0, 6.5], [-1.5, -1.0, 2.5]]
-            s.tube(pts, 0.12, sc.METAL * 0.25)
+            s.tube(pts, 0.14, sc.METAL * 0.5)
         elif kind == "pacemaker":
             gen = np.array([8.5 * w, -8.4, 12.0])
             s.ellipsoid(gen, [2.4, 0.6, 1.9], sc.METAL * 2.0)
@@ -251,4 +252,4 @@ def _devices(s: Scene, anat: Anatomy, kinds: list[str]) -> None:
         elif kind == "ng_tube":
             pts = [[0.3, -1.5, 22.0], [0.4, 2.5, 10.0], [0.8, 3.0, -2.0], [3.0, 2.0, -8.0], [6.0, -1.0, -13.5]]
             s.tube(pts, 0.25, sc.PLASTIC * 2)
-            s.tube(pts, 0.05, sc.METAL * 0.5)
+            s.tube(pts, 0.07, sc.METAL)

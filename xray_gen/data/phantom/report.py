@@ -142,7 +142,8 @@ def _finding_sentence(w: _Writer, f: Finding) -> str:
         if hedge:
             return w.say(w.pick([f"possible small {side} pleural {eff}.",
                                  f"trace {side} pleural {eff} cannot be excluded."]), Pleural_Effusion=-1.0)
-        opts = [f"{size} {side} pleural {eff}.", f"there is a {size} {side} pleural {eff}."]
+        article = "" if f.side == "bilateral" else "a "
+        opts = [f"{size} {side} pleural {eff}.", f"there is {article}{size} {side} pleural {eff}."]
         if f.side != "bilateral":
             opts.append(f"blunting of the {side} costophrenic angle consistent with a {size} effusion.")
         return w.say(w.pick(opts), Pleural_Effusion=1.0)
@@ -266,8 +267,8 @@ def write(truth: dict, patient, rng: np.random.Generator, deid_rate: float = 0.0
                                        f"there is increased {where} lung opacity."]), Lung_Opacity=1.0))
     negatives = _negatives(w, truth)
     body = sentences + negatives
-    if rng.random() < 0.6:  # radiologists often start with the normal structures
-        body = negatives[:1] + sentences + negatives[1:]
+    if negatives and "otherwise" not in negatives[0] and rng.random() < 0.6:
+        body = negatives[:1] + sentences + negatives[1:]  # often the heart comes first
     if "Support Devices" in truth:
         body.insert(0, _finding_sentence(w, truth["Support Devices"]))
     if patient.inspiration < 0.86 and rng.random() < 0.7:
