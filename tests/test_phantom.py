@@ -201,3 +201,15 @@ def test_ap_view_magnifies_the_heart_relative_to_pa():
     pa, ap = VIEWS["PA"], VIEWS["AP"]
     assert ap.magnification(heart_depth) / ap.magnification(spine_depth) > 1.05
     assert pa.magnification(heart_depth) < pa.magnification(spine_depth)
+
+
+@pytest.mark.parametrize("value", [1.0, -1.0])
+def test_study_with_each_single_observation(value):
+    ph = Phantom(resolution=16, seed=2)
+    for k, name in enumerate(CHEXPERT_LABELS[1:]):
+        s = ph.study_with({name: value}, index=k)
+        assert s.labels[LABEL_INDEX[name]] == value, (name, s.report)
+        assert _same(label_report(s.report), s.labels), (name, s.report)
+        assert re.search(KEYWORDS[name], s.report.lower()), (name, s.report)
+    with pytest.raises(KeyError, match="valid"):
+        ph.study_with({"Cardiomegally": 1.0})

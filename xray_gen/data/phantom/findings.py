@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 
 from xray_gen.data.phantom import scene as sc
-from xray_gen.data.phantom.anatomy import SIDES, Anatomy, Patient, rib_points
+from xray_gen.data.phantom.anatomy import SIDES, Anatomy, Patient
 from xray_gen.data.phantom.scene import Ellipsoid, Scene, rotation
 from xray_gen.data.schema import CHEXPERT_LABELS
 
@@ -106,7 +106,7 @@ def sample_truth(rng: np.random.Generator, patient: Patient) -> dict[str, Findin
     for n in names:
         value = -1.0 if (n in HEDGEABLE and rng.random() < 0.12) else 1.0
         truth[n] = _draw(rng, n, value, patient)
-    _consistent(truth, rng, patient)
+    _consistent(truth)
     return truth
 
 
@@ -121,11 +121,11 @@ def requested_truth(values: dict, rng: np.random.Generator, patient: Patient) ->
         if value not in (1.0, -1.0):
             raise ValueError(f"{name}: requested value must be 1 or -1, got {value}")
         truth[name] = _draw(rng, name, value, patient)
-    _consistent(truth, rng, patient)
+    _consistent(truth)
     return truth
 
 
-def _consistent(truth: dict, rng, patient) -> None:
+def _consistent(truth: dict) -> None:
     """CheXpert hierarchy: a stated opacity-type finding implies Lung Opacity (stated)."""
     if "Pneumonia" in truth and "Consolidation" in truth:  # same place
         c, pn = truth["Consolidation"], truth["Pneumonia"]

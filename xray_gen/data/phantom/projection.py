@@ -14,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-from xray_gen.data.phantom.scene import Ellipsoid, Scene
+from xray_gen.data.phantom.scene import Scene
 
 PATCH = 48  # primitives whose box is at most this many pixels are batched
 
@@ -30,7 +30,6 @@ class View:
     fov: float = 36.0
     sid: float = 180.0  # source-image distance (cm)
     detector: float = -13.0  # detector position along the depth axis
-    flip: bool = False  # True when the source sits on the + side of the detector (unused for maths)
 
     def magnification(self, depth: np.ndarray) -> np.ndarray:
         """Magnification of an object at `depth` relative to one at depth 0."""

@@ -48,7 +48,7 @@ class _Writer:
         return out
 
 
-def _side_text(f: Finding, plural=False) -> str:
+def _side_text(f: Finding) -> str:
     return "bilateral" if f.side == "bilateral" else f.side
 
 
@@ -149,6 +149,8 @@ def _finding_sentence(w: _Writer, f: Finding) -> str:
         return w.say(w.pick(opts), Pleural_Effusion=1.0)
     if n == "Pleural Other":
         where = {"upper": "apical", "middle": "lateral", "lower": "basilar"}[f.zone]
+        if hedge:
+            return w.say(f"possible {side} {where} pleural thickening.", Pleural_Other=-1.0)
         return w.say(w.pick([f"{side} {where} pleural thickening.",
                              f"calcified pleural plaque along the {side} lateral chest wall."]), Pleural_Other=1.0)
     if n == "Fracture":
@@ -159,6 +161,9 @@ def _finding_sentence(w: _Writer, f: Finding) -> str:
         return w.say(w.pick([f"acute fracture of the {side} {rib} rib.", f"displaced {side} {rib} rib fracture.",
                              f"there is a nondisplaced fracture of the lateral {side} {rib} rib."]), Fracture=1.0)
     if n == "Support Devices":
+        if hedge:
+            return w.say("possible catheter projecting over the right chest, which may be external to the patient.",
+                         Support_Devices=-1.0)
         out = []
         for d in f.kind.split("+"):
             out.append(w.say(w.pick({
