@@ -55,7 +55,14 @@ SENTENCES = [
     ("No acute cardiopulmonary abnormality.", {}),
     ("Low lung volumes.", {}),
     ("Comparison: XXXX.", {}),
-    ("Heart failure is suspected.", {"Edema": NAN}),  # 'heart failure' is no heart-size mention
+    ("Heart failure is suspected.", {"Edema": NAN}),
+    ("Left basilar air space disease concerning for pneumonia.", {"Lung Opacity": 1, "Pneumonia": -1}),
+    ("Streaky opacities at the bases, likely atelectasis.", {"Lung Opacity": 1, "Atelectasis": -1}),
+    ("The heart is top normal in size.", {"Cardiomegaly": -1}),
+    ("Right-sided Port-A-Cath with tip in the SVC.", {"Support Devices": 1}),
+    ("Lungs are clear without focal consolidation, effusion, or pneumothorax.",
+     {"Lung Opacity": 0, "Consolidation": 0, "Pleural Effusion": 0, "Pneumothorax": 0}),
+    ("Increased interstitial markings may reflect mild edema or atypical infection.", {"Edema": -1, "Pneumonia": -1}),  # 'heart failure' is no heart-size mention
 ]
 
 

@@ -78,7 +78,7 @@ MENTIONS: dict[str, list[str]] = {
         r"(?:endotracheal|et|tracheostomy|nasogastric|ng|og|orogastric|enteric|feeding|chest) tubes?",
         r"ett", r"(?:central venous|central|ij|subclavian|picc|venous) (?:line|catheter)s?", r"catheters?",
         r"picc", r"lines and tubes", r"tubes and lines", r"support devices", r"swan-ganz",
-        r"sternotomy wires",
+        r"sternotomy wires", r"port-?a-?cath", r"portacath", r"(?:chest|venous|infusion) port",
     ],
 }
 # Neutral mentions: need a bound modifier (rule 2).
