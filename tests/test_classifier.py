@@ -45,3 +45,9 @@ def test_smoke_train_then_evaluate_writes_metrics_with_protocol(tmp_path):
     with open(os.path.join(workdir, "eval", "classifier_validation.json")) as f:
         written = json.load(f)
     assert "protocol" in written and written["protocol"]["resolution"] == config.data.resolution
+    assert written["protocol"]["weights_checksum"]  # which classifier produced the numbers
+    assert result["fid_validation_vs_test"] >= 0.0
+    cached = os.listdir(os.path.join(workdir, "eval", "reference_stats"))
+    assert len(cached) == 1 and cached[0].endswith(".npz")
+    again = main.run(config, workdir, "evaluate")  # second evaluation reads the cached statistics
+    assert again["fid_validation_vs_test"] == pytest.approx(result["fid_validation_vs_test"], rel=1e-9)

@@ -213,3 +213,17 @@ def test_study_with_each_single_observation(value):
         assert re.search(KEYWORDS[name], s.report.lower()), (name, s.report)
     with pytest.raises(KeyError, match="valid"):
         ph.study_with({"Cardiomegally": 1.0})
+
+
+def test_thread_safe_as_grain_reader_threads_use_it():
+    """grain reads with several threads sharing one Phantom: results must equal sequential ones."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ph = Phantom(resolution=32, seed=3)
+    sequential = [ph.study(i) for i in range(48)]
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(ph.study, range(48)))
+    for a, b in zip(sequential, threaded):
+        np.testing.assert_array_equal(a.frontal, b.frontal)
+        np.testing.assert_array_equal(a.lateral, b.lateral)
+        assert a.report == b.report

@@ -185,8 +185,22 @@ class ClassifierTask(loop.Task):
         t = self.tracker.get("thresholds")
         return np.nan_to_num(np.asarray(t, np.float64), nan=0.5) if t is not None else np.full(NUM_LABELS, 0.5)
 
+    def feature_extractor(self, state):
+        """The in-domain FID extractor: pooled penultimate features of this trained classifier."""
+        from xray_gen.evaluation.features import classifier_extractor
+
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        return classifier_extractor(
+            lambda v, x: self.net.apply(v, x, train=False)[1], variables, name="xray_gen_classifier_penultimate",
+            resize_to=self.config.data.resolution, batch_size=self.config.eval.batch_size,
+        )
+
     def final_report(self, state, workdir: str) -> dict:
-        """`--mode=evaluate`: per-class AUROC with bootstrap CIs on `eval.split`, written as JSON."""
+        """`--mode=evaluate`: per-class AUROC with a bootstrap CI on `eval.split`, plus the real-vs-real
+        FID/KID between two splits in this classifier's feature space (the floor any generator's
+        in-domain FID is compared with). Reference statistics are cached with checksums."""
+        from xray_gen.evaluation import fid
+        from xray_gen.evaluation.features import params_checksum
         from xray_gen.evaluation.metrics import bootstrap_ci
         from xray_gen.evaluation.protocol import model_protocol, write_result_json
 
@@ -197,8 +211,25 @@ class ClassifierTask(loop.Task):
         ci = bootstrap_ci(
             lambda t, p, m: multilabel_auroc(t, p, m)["macro"], out["targets"], out["probs"], mask, n=c.eval.bootstrap
         )
-        metrics = {"split": c.eval.split, "num_examples": int(len(out["probs"])), "macro_auroc": auroc["macro"],
-                   "macro_auroc_ci95": [ci[1], ci[2]], "auroc": auroc, "thresholds": self.thresholds().tolist()}
+        other_split = "test" if c.eval.split != "test" else "validation"
+        other = self.scores(state, other_split, c.eval.num_examples)
+        key = fid.StatsKey(
+            dataset=f"{c.data.source}/{c.eval.split}", extractor="xray_gen_classifier_penultimate",
+            weights_checksum=params_checksum({"params": state.params, "batch_stats": state.batch_stats}),
+            image_count=len(out["features"]), resolution=c.data.resolution,
+        )
+        cache = fid.ReferenceStatsCache(os.path.join(workdir, "eval", "reference_stats"))
+        reference = cache.get_or_compute(key, lambda: fid.FeatureStats.from_features(out["features"]))
+        other_stats = fid.FeatureStats.from_features(other["features"])
+        kid_mean, kid_std = fid.kid(out["features"], other["features"], num_subsets=50,
+                                    max_subset_size=min(len(out["features"]), len(other["features"]), 1000))
+        metrics = {
+            "split": c.eval.split, "num_examples": int(len(out["probs"])), "macro_auroc": auroc["macro"],
+            "macro_auroc_ci95": [ci[1], ci[2]], "auroc": auroc, "thresholds": self.thresholds().tolist(),
+            f"fid_{c.eval.split}_vs_{other_split}": fid.frechet_distance(
+                reference.mean, reference.cov, other_stats.mean, other_stats.cov),
+            f"kid_{c.eval.split}_vs_{other_split}": [kid_mean, kid_std],
+        }
         protocol = model_protocol(c, "classifier", state.params, len(out["probs"]), c.eval.bootstrap)
         path = os.path.join(workdir, "eval", f"classifier_{c.eval.split}.json")
         write_result_json(path, metrics, protocol)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import threading
+
 import numpy as np
 
 from xray_gen.data.phantom.scene import Scene
@@ -74,6 +76,8 @@ class Projector:
         self.z_coords = (view.z_max - (np.arange(resolution) + 0.5) * self.px).astype(np.float32)
         self.width = resolution + PATCH + 2
         self.offs = np.arange(PATCH + 2)
+        # Projectors are cached and shared by grain's reader threads: pending patches are per thread.
+        self._local = threading.local()
 
     # -- boxes -------------------------------------------------------------------------------
     def _box(self, lo_a, hi_a, lo_z, hi_z):
@@ -90,7 +94,7 @@ class Projector:
         h, w = size
         idx = (i0[:, None, None] + self.offs[None, :h, None]) * self.width + (
             j0[:, None, None] + self.offs[None, None, :w])
-        self._pending.append((idx.ravel(), values.ravel()))
+        self._local.pending.append((idx.ravel(), values.ravel()))
 
     # -- primitives ---------------------------------------------------------------------------
     def ellipsoids(self, canvas, center, shape, mu):
@@ -204,7 +208,7 @@ class Projector:
     def render(self, scene: Scene) -> np.ndarray:
         """Line-integral image (res, res) float32 of the scene."""
         canvas = np.zeros(self.width * self.width, np.float32)
-        self._pending = []
+        self._local.pending = []
         if scene.ell_mu:
             self.ellipsoids(canvas, np.stack(scene.ell_center), np.stack(scene.ell_shape),
                             np.asarray(scene.ell_mu, float))
@@ -212,11 +216,12 @@ class Projector:
             self.tubes(canvas, np.concatenate(scene.tube_p0), np.concatenate(scene.tube_p1),
                        np.concatenate(scene.tube_r), np.concatenate(scene.tube_mu))
         self.compounds(canvas, scene.compounds)
-        if self._pending:  # one scatter for all batched patches
-            idx = np.concatenate([p[0] for p in self._pending])
-            val = np.concatenate([p[1] for p in self._pending])
+        pending = self._local.pending
+        if pending:  # one scatter for all batched patches
+            idx = np.concatenate([p[0] for p in pending])
+            val = np.concatenate([p[1] for p in pending])
             canvas += np.bincount(idx, val, minlength=canvas.size).astype(np.float32)
-            self._pending = []
+            self._local.pending = []
         return canvas.reshape(self.width, self.width)[: self.res, : self.res].astype(np.float32)
 
 
