@@ -9,9 +9,10 @@ task's `ToModelInputs`: the classifier's frontal-only transform or the VCN's fro
 from its config with `data.resolution`, `data.worker_count` and `train.batch_size` overridden, so
 it measures exactly what training reads: phantom generation of each study (both views and the
 report are always drawn), the transform, and batching, in this process (`worker_count=0`) or in
-grain worker processes. Start-up (first `--warmup` batches, which include spawning workers and
-their imports) is timed separately and excluded from the rate. Workers prefetch while the warm-up
-batches are consumed, so with few timed batches the worker rates are slightly optimistic.
+grain worker processes. Start-up (the first `--warmup` batches, which include spawning workers)
+is timed separately and excluded from the rate. Workers fill their buffers while the first batch
+is awaited; consuming several warm-up batches back to back drains that head start, so keep
+`--warmup` at least a few batches when `worker_count > 0` or worker rates come out optimistic.
 """
 
 from __future__ import annotations
@@ -116,7 +117,8 @@ def parse_args(argv=None):
     p.add_argument("--workers", default="0,1,2", help="grain worker_count values")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--batches", type=int, default=8, help="timed batches per setting")
-    p.add_argument("--warmup", type=int, default=2, help="untimed batches first (start-up, worker spawn)")
+    p.add_argument("--warmup", type=int, default=4,
+                   help="untimed batches first (start-up, worker spawn, and draining what workers buffered meanwhile)")
     p.add_argument("--size", type=int, default=100_000, help="phantom train split size (random access; no epoch wraps)")
     p.add_argument("--variant", default="cpu", help="config variant the tasks start from (only data settings matter)")
     p.add_argument("--quick", action="store_true", help="32 px, in-process, batch 8, 1+2 batches (tests)")

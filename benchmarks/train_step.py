@@ -113,6 +113,28 @@ def bench_model(model: str, args) -> dict:
 
     stats = common.compile_stats(step_fn, state, batch)
     compiled = stats.pop("compiled")  # call the executable we timed the compile of: no second compile
+    print(f"{model} ({config.variant or 'paper'}, {config.data.resolution} px, batch {global_batch}): compiled in "
+          f"{stats['compile_s']:.1f} s, {(stats['flops'] or 0) / 1e9:.2f} GFLOP/step", flush=True)
+    views = len(task._transform().views)
+    row = {
+        "model": model,
+        "variant": config.variant or "paper",
+        "resolution": config.data.resolution,
+        "batch": global_batch,
+        "views": views,
+        "devices": mesh.devices.size,
+        "params_M": n_params / 1e6,
+        "init_s": init_s,
+        "lower_s": stats["lower_s"],
+        "compile_s": stats["compile_s"],
+        "gflops_per_step": stats["flops"] / 1e9 if stats["flops"] else None,
+        "gbytes_accessed_per_step": stats["bytes_accessed"] / 1e9 if stats["bytes_accessed"] else None,
+        "footprint_mb": _mb(stats["footprint_bytes"]),
+        "xla_peak_memory_mb": _mb(stats["peak_memory_bytes"]),
+        "temp_memory_mb": _mb(stats["temp_size_bytes"]),
+    }
+    if args.compile_only:
+        return row
 
     holder = {"state": state}
 
@@ -124,37 +146,22 @@ def bench_model(model: str, args) -> dict:
     loss = float(jax.device_get(one_step()["loss"]))
     jax.block_until_ready(holder["state"])
 
-    views = len(task._transform().views)
     step_s = t["median_s"]
     flops = stats["flops"]
     achieved = flops / step_s if flops else None
-    return {
-        "model": model,
-        "variant": config.variant or "paper",
-        "resolution": config.data.resolution,
-        "batch": global_batch,
-        "views": views,
-        "devices": mesh.devices.size,
-        "params_M": n_params / 1e6,
-        "init_s": init_s,
-        "lower_s": stats["lower_s"],
-        "compile_s": stats["compile_s"],
+    row.update({
         "step_ms_median": 1e3 * step_s,
         "step_ms_min": 1e3 * t["min_s"],
         "steps_per_s": 1.0 / step_s,
         "examples_per_s": global_batch / step_s,
         "images_per_s": global_batch * views / step_s,
-        "gflops_per_step": flops / 1e9 if flops else None,
-        "gbytes_accessed_per_step": stats["bytes_accessed"] / 1e9 if stats["bytes_accessed"] else None,
         "achieved_gflops_s": achieved / 1e9 if achieved else None,
         "utilisation": achieved / args.peak_flops if achieved else None,
-        "footprint_mb": _mb(stats["footprint_bytes"]),
-        "xla_peak_memory_mb": _mb(stats["peak_memory_bytes"]),
-        "temp_memory_mb": _mb(stats["temp_size_bytes"]),
         "final_loss": loss,
         "timed_steps": t["repeats"] * t["number"],
         "step_times_s": t["times_s"],
-    }
+    })
+    return row
 
 
 def parse_args(argv=None):
@@ -167,6 +174,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="timed repeats; the median and min are reported")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
     p.add_argument("--peak_flops", type=float, default=150e9, help="declared peak FLOP/s for utilisation")
+    p.add_argument("--compile_only", action="store_true",
+                   help="init, compile and cost analysis only (no steps run): for big variants on small machines")
     p.add_argument("--calibrate", action="store_true", help="also measure a 1024^3 fp32 matmul's FLOP/s")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="smoke variants, 1 warm-up, 2 x 2 steps (tests)")
