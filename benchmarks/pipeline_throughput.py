@@ -90,7 +90,7 @@ def bench_one(kind: str, resolution: int, workers: int, args) -> dict:
         seconds = time.perf_counter() - t1
     finally:
         _close(iterator)
-    views = len(task._transform().views)
+    views = len(task.transform().views)
     n = next(iter(batch.values())).shape[0]
     batch_mb = sum(v.nbytes for v in batch.values()) / 2**20
     return {

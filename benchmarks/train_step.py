@@ -58,7 +58,7 @@ def get_task(model: str, variant: str, overrides: dict):
 
 def synthetic_batch(task, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
     """A host batch with exactly the pipeline's features (the task's transform on random studies)."""
-    transform = task._transform()  # the same ToModelInputs the task's loaders use
+    transform = task.transform()  # the same ToModelInputs the task's loaders use
     res = task.config.data.resolution
     rng = np.random.default_rng(seed)
     rows = []
@@ -115,7 +115,7 @@ def bench_model(model: str, args) -> dict:
     compiled = stats.pop("compiled")  # call the executable we timed the compile of: no second compile
     print(f"{model} ({config.variant or 'paper'}, {config.data.resolution} px, batch {global_batch}): compiled in "
           f"{stats['compile_s']:.1f} s, {(stats['flops'] or 0) / 1e9:.2f} GFLOP/step", flush=True)
-    views = len(task._transform().views)
+    views = len(task.transform().views)
     row = {
         "model": model,
         "variant": config.variant or "paper",

@@ -77,19 +77,20 @@ class ClassifierTask(loop.Task):
         self.tracker = {"best": -1.0, "bad_evals": 0, "lr_scale": 1.0, "thresholds": None, "history": []}
 
     # ---- data -------------------------------------------------------------------------------
-    def _transform(self):
+    def transform(self):
+        """Study example -> model inputs (public so benchmarks feed the exact pipeline features)."""
         return ToModelInputs(views=("frontal",), resolution=self.config.data.resolution, uncertain_as=self.config.data.uncertain_as)
 
     def train_loader(self):
         c = self.config
         return make_loader(
-            open_split(c.data, "train"), [self._transform()], c.train.batch_size, seed=c.seed, worker_count=c.data.worker_count
+            open_split(c.data, "train"), [self.transform()], c.train.batch_size, seed=c.seed, worker_count=c.data.worker_count
         )
 
     def eval_loader(self, split: str):
         c = self.config
         return make_loader(
-            open_split(c.data, split), [self._transform()], c.eval.batch_size, seed=c.seed, shuffle=False,
+            open_split(c.data, split), [self.transform()], c.eval.batch_size, seed=c.seed, shuffle=False,
             num_epochs=1, worker_count=c.data.worker_count, drop_remainder=False,
         )
 

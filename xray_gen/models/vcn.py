@@ -96,17 +96,18 @@ class VCNTask(loop.Task):
         )
         self.tx = optax.adam(config.optim.learning_rate, b1=config.optim.b1, b2=config.optim.b2)
 
-    def _transform(self):
+    def transform(self):
+        """Study example -> model inputs (public so benchmarks feed the exact pipeline features)."""
         return ToModelInputs(views=("frontal", "lateral"), resolution=self.config.data.resolution)
 
     def train_loader(self):
         c = self.config
-        return make_loader(open_split(c.data, "train"), [self._transform()], c.train.batch_size, seed=c.seed,
+        return make_loader(open_split(c.data, "train"), [self.transform()], c.train.batch_size, seed=c.seed,
                            worker_count=c.data.worker_count)
 
     def eval_loader(self, split):
         c = self.config
-        return make_loader(open_split(c.data, split), [self._transform()], c.eval.batch_size, seed=c.seed,
+        return make_loader(open_split(c.data, split), [self.transform()], c.eval.batch_size, seed=c.seed,
                            shuffle=False, num_epochs=1, worker_count=c.data.worker_count, drop_remainder=False)
 
     def init(self, rng):
