@@ -110,6 +110,7 @@ class ToModelInputs(grain.transforms.Map):
         labels = np.asarray(ex["labels"], np.float32)
         targets, mask = binarize(labels, self.uncertain_as)
         out.update(labels=labels, targets=targets, label_mask=mask, patient=patient_hash(str(ex["patient_id"])))
+        out.update({k: v for k, v in ex.items() if k.endswith("_ids") or k.endswith("_mask")})  # from ReportInputs
         return out
 
 
@@ -154,3 +155,52 @@ def pad_batch(batch: dict[str, np.ndarray], batch_size: int) -> tuple[dict[str, 
         return batch, n
     padded = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - n, axis=0)]) for k, v in batch.items()}
     return padded, n
+
+
+TOKENIZER_FILE = "tokenizer.model"
+
+
+def workdir_tokenizer(workdir: str, data_config, vocab_size: int, max_studies: int = 5_000):
+    """The run's report vocabulary, kept next to its checkpoints so sampling uses the same one.
+
+    Loaded from `workdir/tokenizer.model` when present (resume, evaluate, sample); otherwise
+    trained on the *training split only* (at most `max_studies` studies) and saved there.
+    """
+    import os
+
+    import jax
+
+    from xray_gen.data.schema import Study
+    from xray_gen.data.tokenizer import ReportTokenizer, train_on_studies
+
+    path = os.path.join(workdir, TOKENIZER_FILE)
+    if os.path.exists(path):
+        return ReportTokenizer.load(path)
+    source = open_split(data_config, "train")
+    studies = (Study.from_example(source[i]) for i in range(min(len(source), max_studies)))
+    tokenizer = train_on_studies(studies, vocab_size=vocab_size)
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        tokenizer.save(path)
+    return tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportInputs(grain.transforms.Map):
+    """Adds hierarchically tokenised report sections: `<section>_ids` int32 (S, W) + `<section>_mask`.
+
+    Runs before `ToModelInputs` (it needs the report strings, which that transform drops).
+    """
+
+    tokenizer: Any
+    max_sentences: int = 8
+    max_words: int = 24
+    sections: Sequence[str] = ("findings", "impression")
+
+    def map(self, ex: dict[str, Any]) -> dict[str, Any]:
+        ex = dict(ex)
+        for section in self.sections:
+            text = ex[section].decode("utf-8") if isinstance(ex[section], bytes) else str(ex[section])
+            ids, mask = self.tokenizer.encode_hierarchical(text, self.max_sentences, self.max_words)
+            ex[f"{section}_ids"], ex[f"{section}_mask"] = ids, mask
+        return ex
