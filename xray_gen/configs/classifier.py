@@ -9,7 +9,7 @@ phantom macro AUROC >= 0.85 in minutes on a laptop), 'smoke' (seconds; used by t
 
 import ml_collections
 
-from xray_gen.configs.default import get_default, resolve_variant
+from xray_gen.configs.default import get_default, apply_variant, use_cpu_sizes, use_smoke_sizes
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -34,11 +34,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.classifier.plateau = ml_collections.ConfigDict(dict(patience=3, factor=0.1, min_delta=1e-4))
     c.eval.bootstrap = 1_000
 
-    variants = {"": _paper, "cpu": _cpu, "smoke": _smoke}
-    resolve_variant(variant, variants)
-    variants[variant](c)
-    c.variant = variant
-    return c
+    return apply_variant(c, variant, {"": _paper, "cpu": _cpu, "smoke": _smoke})
 
 
 def _paper(c):
@@ -46,36 +42,20 @@ def _paper(c):
 
 
 def _cpu(c):
-    c.data.resolution = 64
-    c.data.worker_count = 1
+    use_cpu_sizes(c)
     c.classifier.block_sizes = (4, 8, 12, 8)
     c.classifier.growth_rate = 16
     c.classifier.init_features = 32
     c.classifier.small_input = False
     c.classifier.weight_estimate_size = 2_000
-    c.train.batch_size = 32
     c.train.num_steps = 3_000
-    c.train.eval_every = 500
-    c.train.checkpoint_every = 500
-    c.eval.num_examples = 1_000
-    c.eval.batch_size = 100
 
 
 def _smoke(c):
-    c.data.resolution = 32
-    c.data.phantom.train_size = 64
-    c.data.phantom.validation_size = 24
-    c.data.phantom.test_size = 24
+    use_smoke_sizes(c)
     c.classifier.block_sizes = (1, 1)
     c.classifier.growth_rate = 4
     c.classifier.init_features = 8
     c.classifier.small_input = True
     c.classifier.weight_estimate_size = 32
-    c.train.batch_size = 8
-    c.train.num_steps = 6
-    c.train.log_every = 2
-    c.train.eval_every = 3
-    c.train.checkpoint_every = 3
-    c.eval.num_examples = 24
-    c.eval.batch_size = 8
     c.eval.bootstrap = 20

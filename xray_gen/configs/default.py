@@ -48,8 +48,37 @@ def get_default() -> ml_collections.ConfigDict:
     return c
 
 
-def resolve_variant(variant: str, variants: dict) -> None:
-    """Raises a clear error for an unknown variant, listing the valid ones."""
+def apply_variant(c: ml_collections.ConfigDict, variant: str, variants: dict) -> ml_collections.ConfigDict:
+    """Applies `variants[variant]` to `c`; an unknown variant fails listing the valid ones."""
     if variant not in variants:
         valid = ", ".join(repr(v) for v in variants)
         raise ValueError(f"unknown config variant {variant!r}; valid variants: {valid}")
+    variants[variant](c)
+    c.variant = variant
+    return c
+
+
+def use_smoke_sizes(c: ml_collections.ConfigDict) -> None:
+    """Shared part of every 'smoke' variant: a tiny phantom and a few steps (seconds, for tests)."""
+    c.data.resolution = 32
+    c.data.phantom.train_size = 64
+    c.data.phantom.validation_size = 24
+    c.data.phantom.test_size = 24
+    c.train.batch_size = 8
+    c.train.num_steps = 6
+    c.train.log_every = 2
+    c.train.eval_every = 3
+    c.train.checkpoint_every = 3
+    c.eval.num_examples = 24
+    c.eval.batch_size = 8
+
+
+def use_cpu_sizes(c: ml_collections.ConfigDict, resolution: int = 64) -> None:
+    """Shared part of every 'cpu' variant: minutes on a laptop, one grain worker."""
+    c.data.resolution = resolution
+    c.data.worker_count = 1
+    c.train.batch_size = 32
+    c.train.eval_every = 500
+    c.train.checkpoint_every = 500
+    c.eval.num_examples = 1_000
+    c.eval.batch_size = 100

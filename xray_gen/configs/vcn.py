@@ -10,7 +10,7 @@ Variants: '' (ResNet-18, 256 px), 'cpu' (ResNet-18 widths/4 at 64 px, minutes on
 
 import ml_collections
 
-from xray_gen.configs.default import get_default, resolve_variant
+from xray_gen.configs.default import get_default, apply_variant, use_cpu_sizes, use_smoke_sizes
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -30,11 +30,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.vcn.embed_dim = 128
     c.vcn.augment = ml_collections.ConfigDict(dict(max_rotation_deg=5.0, brightness=0.1, contrast=0.1, flip=False))
 
-    variants = {"": _paper, "cpu": _cpu, "smoke": _smoke}
-    resolve_variant(variant, variants)
-    variants[variant](c)
-    c.variant = variant
-    return c
+    return apply_variant(c, variant, {"": _paper, "cpu": _cpu, "smoke": _smoke})
 
 
 def _paper(c):
@@ -42,31 +38,15 @@ def _paper(c):
 
 
 def _cpu(c):
-    c.data.resolution = 64
-    c.data.worker_count = 1
+    use_cpu_sizes(c)
     c.vcn.widths = (16, 32, 64, 128)
     c.optim.learning_rate = 1e-3
-    c.train.batch_size = 32
     c.train.num_steps = 1_500
-    c.train.eval_every = 500
-    c.train.checkpoint_every = 500
-    c.eval.num_examples = 1_000
-    c.eval.batch_size = 100
 
 
 def _smoke(c):
-    c.data.resolution = 32
-    c.data.phantom.train_size = 64
-    c.data.phantom.validation_size = 24
-    c.data.phantom.test_size = 24
+    use_smoke_sizes(c)
     c.vcn.stage_sizes = (1, 1)
     c.vcn.widths = (8, 16)
     c.vcn.small_input = True
     c.vcn.embed_dim = 16
-    c.train.batch_size = 8
-    c.train.num_steps = 6
-    c.train.log_every = 2
-    c.train.eval_every = 3
-    c.train.checkpoint_every = 3
-    c.eval.num_examples = 24
-    c.eval.batch_size = 8

@@ -22,12 +22,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from typing import Callable, Iterable, Optional, Tuple
 
 import numpy as np
 import scipy.linalg
+
+from xray_gen.files import atomic_open
 
 __all__ = [
     "frechet_distance",
@@ -250,19 +251,10 @@ def save_stats(path: str, stats: FeatureStats, key: StatsKey) -> str:
     """Writes stats + key + checksum to ``path`` atomically; returns the checksum."""
     key_json = key.to_json()
     checksum = _stats_checksum(stats.mean, stats.cov, stats.count, key_json)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, mean=np.asarray(stats.mean, np.float64),
-                     cov=np.asarray(stats.cov, np.float64), count=np.int64(stats.count),
-                     key=np.str_(key_json), checksum=np.str_(checksum))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path, "wb", suffix=".npz.tmp") as f:
+        np.savez(f, mean=np.asarray(stats.mean, np.float64),
+                 cov=np.asarray(stats.cov, np.float64), count=np.int64(stats.count),
+                 key=np.str_(key_json), checksum=np.str_(checksum))
     return checksum
 
 

@@ -17,11 +17,11 @@ import dataclasses
 import datetime
 import json
 import math
-import os
-import tempfile
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from xray_gen.files import atomic_open
 
 __all__ = ["Protocol", "write_result_json", "read_result_json", "package_versions", "to_jsonable"]
 
@@ -129,18 +129,9 @@ def write_result_json(path: str, metrics: Mapping[str, Any], protocol: Protocol,
     }
     if extra:
         record["extra"] = to_jsonable(extra)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".json.tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2, sort_keys=False, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path, "w", suffix=".json.tmp") as f:
+        json.dump(record, f, indent=2, sort_keys=False, allow_nan=False)
+        f.write("\n")
     return record
 
 

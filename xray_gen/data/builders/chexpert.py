@@ -124,17 +124,12 @@ class Chexpert:
         return plan
 
     def load(self, job, manual_dir: Path, opts, resolution: int, summary):
-        frontal = common.load_view(job["frontal"], resolution, summary, manual_dir)
-        lateral = common.load_view(job["lateral"], resolution, summary, manual_dir)
-        if opts["require_frontal"] and frontal is None:
-            summary.skip("no frontal view (image unusable)", job["study"])
+        views = common.load_views(
+            job["frontal"], job["lateral"], opts, resolution, summary, manual_dir, job["study"]
+        )
+        if views is None:
             return None
-        if opts["require_lateral"] and lateral is None:
-            summary.skip("no lateral view (image unusable)", job["study"])
-            return None
-        if frontal is None and lateral is None:
-            summary.skip("no usable image", job["study"])
-            return None
+        frontal, lateral = views
         try:
             age = int(float(job["age"] or -1))
         except ValueError:

@@ -531,3 +531,19 @@ def load_view(path: Path | None, resolution: int, summary: BuildSummary, root: P
     except ImageError:
         summary.skip("unreadable image", rel(path, root))
         return None
+
+
+def load_views(frontal_path, lateral_path, opts, resolution: int, summary: BuildSummary, root: Path, where: str):
+    """Both views of a study, or None (counted under `where`) when the required ones are unusable."""
+    frontal = load_view(frontal_path, resolution, summary, root)
+    lateral = load_view(lateral_path, resolution, summary, root)
+    if opts["require_frontal"] and frontal is None:
+        summary.skip("no frontal view (image unusable)", where)
+        return None
+    if opts["require_lateral"] and lateral is None:
+        summary.skip("no lateral view (image unusable)", where)
+        return None
+    if frontal is None and lateral is None:
+        summary.skip("no usable image", where)
+        return None
+    return frontal, lateral

@@ -215,17 +215,12 @@ class MimicCxr:
             if opts["require_report"] and not (findings or impression):
                 summary.skip("empty report (no findings or impression)", common.rel(job["report"], manual_dir))
                 return None
-        frontal = common.load_view(job["frontal"][2] if job["frontal"] else None, resolution, summary, manual_dir)
-        lateral = common.load_view(job["lateral"][2] if job["lateral"] else None, resolution, summary, manual_dir)
-        if opts["require_frontal"] and frontal is None:
-            summary.skip("no frontal view (image unusable)", job["where"])
+        views = common.load_views(
+            job["frontal"][2] if job["frontal"] else None, job["lateral"][2] if job["lateral"] else None, opts, resolution, summary, manual_dir, job["where"]
+        )
+        if views is None:
             return None
-        if opts["require_lateral"] and lateral is None:
-            summary.skip("no lateral view (image unusable)", job["where"])
-            return None
-        if frontal is None and lateral is None:
-            summary.skip("no usable image", job["where"])
-            return None
+        frontal, lateral = views
         return common.make_example(
             patient_id=job["patient"],
             study_id=job["study"],

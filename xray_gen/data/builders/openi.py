@@ -258,17 +258,12 @@ class OpenI:
     # -- loading ------------------------------------------------------------------------------
 
     def load(self, job, manual_dir: Path, opts, resolution: int, summary):
-        frontal = common.load_view(job["frontal"], resolution, summary, manual_dir)
-        lateral = common.load_view(job["lateral"], resolution, summary, manual_dir)
-        if opts["require_frontal"] and frontal is None:
-            summary.skip("no frontal view (image unusable)", job["file"])
+        views = common.load_views(
+            job["frontal"], job["lateral"], opts, resolution, summary, manual_dir, job["file"]
+        )
+        if views is None:
             return None
-        if opts["require_lateral"] and lateral is None:
-            summary.skip("no lateral view (image unusable)", job["file"])
-            return None
-        if frontal is None and lateral is None:
-            summary.skip("no usable image", job["file"])
-            return None
+        frontal, lateral = views
         text = "\n".join(t for t in (job["findings"], job["impression"]) if t)
         labels = _label_report(text) if text else schema.empty_labels()
         return common.make_example(

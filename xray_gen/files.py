@@ -1,0 +1,23 @@
+"""Atomic file writes: a reader (or a resumed run) never sees a half-written result file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "w", suffix: str = ".tmp"):
+    """Open a temporary file beside `path`; on success rename it over `path`, on error delete it."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=suffix)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
