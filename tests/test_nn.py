@@ -44,3 +44,13 @@ def test_augment_without_jitter_or_rotation_is_identity_and_never_flips_by_defau
     np.testing.assert_allclose(same, images, atol=1e-6)
     jittered = augment.augment(jax.random.PRNGKey(0), images, max_rotation_deg=10)
     assert jittered.shape == images.shape and float(jnp.abs(jittered).max()) <= 1.0
+
+
+def test_image_grid_places_tiles_row_major():
+    from xray_gen.training.summaries import image_grid
+
+    tiles = np.stack([np.full((2, 3, 1), i, np.uint8) for i in range(5)])
+    grid = image_grid(tiles, columns=2)
+    assert grid.shape == (1, 6, 6, 1)
+    assert grid[0, 0, 0, 0] == 0 and grid[0, 0, 3, 0] == 1 and grid[0, 2, 0, 0] == 2 and grid[0, 4, 0, 0] == 4
+    assert grid[0, 4, 3, 0] == 0  # padding tile

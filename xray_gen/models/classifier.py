@@ -26,6 +26,7 @@ from xray_gen.nn.densenet import DenseNet
 from xray_gen.training import loop
 from xray_gen.training.inference import predict
 from xray_gen.training.sharding import make_mesh, replicated
+from xray_gen.training.summaries import write_input_grid
 
 
 @flax.struct.dataclass
@@ -173,6 +174,9 @@ class ClassifierTask(loop.Task):
         metrics = {"macro_auroc": auroc["macro"], "best_macro_auroc": t["best"]}
         metrics.update({f"auroc/{k}": v for k, v in auroc.items() if k != "macro" and np.isfinite(v)})
         return state, metrics
+
+    def write_summaries(self, writer, state, step: int) -> None:
+        write_input_grid(writer, step, self.eval_loader(self.config.eval.split), ("frontal",), "validation_inputs")
 
     def host_state(self) -> dict:
         return dict(self.tracker)

@@ -26,6 +26,7 @@ from xray_gen.nn.resnet import ResNet
 from xray_gen.training import loop
 from xray_gen.training.inference import predict
 from xray_gen.training.sharding import make_mesh
+from xray_gen.training.summaries import write_input_grid
 
 
 class ViewConsistencyNet(nn.Module):
@@ -154,6 +155,9 @@ class VCNTask(loop.Task):
     def evaluate(self, state, step: int):
         out = self.scores(state, self.config.eval.split, self.config.eval.num_examples)
         return state, pair_metrics(out)
+
+    def write_summaries(self, writer, state, step: int) -> None:
+        write_input_grid(writer, step, self.eval_loader(self.config.eval.split), ("frontal", "lateral"), "validation_pairs")
 
     def final_report(self, state, workdir: str) -> dict:
         from xray_gen.evaluation.protocol import model_protocol, write_result_json
