@@ -47,8 +47,8 @@ def _cpu(c):
     c.classifier.growth_rate = 16
     c.classifier.init_features = 32
     c.classifier.small_input = False
-    c.classifier.weight_estimate_size = 2_000
-    c.train.num_steps = 3_000
+    c.classifier.weight_estimate_size = 1_000
+    c.train.num_steps = 2_000  # phantom validation macro AUROC ~0.85 at 500 steps, ~0.89 at 1000
 
 
 def _smoke(c):
