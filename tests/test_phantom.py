@@ -227,3 +227,12 @@ def test_thread_safe_as_grain_reader_threads_use_it():
         np.testing.assert_array_equal(a.frontal, b.frontal)
         np.testing.assert_array_equal(a.lateral, b.lateral)
         assert a.report == b.report
+
+
+def test_frontal_only_phantom_draws_the_same_frontal_report_and_labels():
+    both, frontal_only = Phantom(resolution=32, seed=5), Phantom(resolution=32, seed=5, lateral=False)
+    for i in range(4):
+        a, b = both.study(i, "validation"), frontal_only.study(i, "validation")
+        np.testing.assert_array_equal(a.frontal, b.frontal)
+        np.testing.assert_array_equal(a.labels, b.labels)
+        assert a.report == b.report and b.lateral is None and a.lateral is not None

@@ -25,12 +25,13 @@ SPLITS = ("train", "validation", "test")
 class PhantomSource:
     """Random-access view of `size` phantom studies of one split (as `Study.to_example()` dicts)."""
 
-    def __init__(self, split: str, size: int, resolution: int, seed: int = 0, deid_rate: float = 0.0):
+    def __init__(self, split: str, size: int, resolution: int, seed: int = 0, deid_rate: float = 0.0,
+                 lateral: bool = True):
         from xray_gen.data.phantom import Phantom  # the phantom is heavy to import only when used
 
-        self._args = (split, size, resolution, seed, deid_rate)
+        self._args = (split, size, resolution, seed, deid_rate, lateral)
         self.split, self.size = split, int(size)
-        self.phantom = Phantom(resolution=resolution, seed=seed, deid_rate=deid_rate)
+        self.phantom = Phantom(resolution=resolution, seed=seed, deid_rate=deid_rate, lateral=lateral)
 
     def __len__(self) -> int:
         return self.size
@@ -41,11 +42,15 @@ class PhantomSource:
         return self.phantom.study(int(index), split=self.split).to_example()
 
     def __repr__(self) -> str:  # stable: grain stores it in iterator checkpoints
-        return "PhantomSource(split={!r}, size={}, resolution={}, seed={}, deid_rate={})".format(*self._args)
+        return "PhantomSource(split={!r}, size={}, resolution={}, seed={}, deid_rate={}, lateral={})".format(*self._args)
 
 
-def open_split(data_config, split: str):
-    """The random-access source named by `data_config.source` for `split`."""
+def open_split(data_config, split: str, views: Sequence[str] = ("frontal", "lateral")):
+    """The random-access source named by `data_config.source` for `split`.
+
+    `views` lets the phantom skip rendering a view the model never uses; real datasets hold what
+    they hold (the pipeline's `ToModelInputs` rejects studies missing a needed view).
+    """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
     name = data_config.source
@@ -56,6 +61,7 @@ def open_split(data_config, split: str):
             resolution=data_config.resolution,
             seed=data_config.phantom.seed,
             deid_rate=data_config.phantom.deid_rate,
+            lateral="lateral" in views,
         )
     if name not in SOURCES:
         raise ValueError(f"unknown data.source {name!r}; valid: {', '.join(SOURCES)}")

@@ -85,19 +85,19 @@ class ClassifierTask(loop.Task):
     def train_loader(self):
         c = self.config
         return make_loader(
-            open_split(c.data, "train"), [self.transform()], c.train.batch_size, seed=c.seed, worker_count=c.data.worker_count
+            open_split(c.data, "train", views=("frontal",)), [self.transform()], c.train.batch_size, seed=c.seed, worker_count=c.data.worker_count
         )
 
     def eval_loader(self, split: str):
         c = self.config
         return make_loader(
-            open_split(c.data, split), [self.transform()], c.eval.batch_size, seed=c.seed, shuffle=False,
+            open_split(c.data, split, views=("frontal",)), [self.transform()], c.eval.batch_size, seed=c.seed, shuffle=False,
             num_epochs=1, worker_count=c.data.worker_count, drop_remainder=False,
         )
 
     def prepare(self):
         """Estimates the class weights from the first `weight_estimate_size` training labels."""
-        source = open_split(self.config.data, "train")
+        source = open_split(self.config.data, "train", views=("frontal",))
         n = min(len(source), self.config.classifier.weight_estimate_size)
         labels = np.stack([np.asarray(source[i]["labels"], np.float32) for i in range(n)])
         self._weights = class_weights(*binarize(labels, self.config.data.uncertain_as))

@@ -32,14 +32,17 @@ class Phantom:
       resolution: output image size (square), e.g. 64, 128, 256.
       seed: dataset seed; with (split, index) it fixes the patient and everything drawn.
       deid_rate: probability of an Open-i style de-identification token ("XXXX") in a report.
+      lateral: render the lateral view (False: `Study.lateral` is None, ~30% faster, for
+        frontal-only models; the frontal, report and labels are unchanged).
     """
 
-    def __init__(self, resolution: int = 256, seed: int = 0, deid_rate: float = 0.0):
+    def __init__(self, resolution: int = 256, seed: int = 0, deid_rate: float = 0.0, lateral: bool = True):
         if resolution < 16:
             raise ValueError(f"Phantom resolution must be >= 16, got {resolution}")
         if not 0.0 <= deid_rate <= 1.0:
             raise ValueError(f"deid_rate must be in [0, 1], got {deid_rate}")
         self.resolution, self.seed, self.deid_rate = int(resolution), int(seed), float(deid_rate)
+        self.lateral = bool(lateral)
 
     def _rngs(self, index: int, split: str):
         if split not in SPLITS:
@@ -74,13 +77,15 @@ class Phantom:
         findings.apply_before(truth, anat, rb)
         scene = anatomy.build(anat, rb)
         findings.apply_after(truth, anat, scene, rb)
-        frontal, lateral = imaging.radiographs(scene, anatomy.arms(anat), patient, self.resolution, rf)
+        frontal, lateral = imaging.radiographs(scene, anatomy.arms(anat), patient, self.resolution, rf,
+                                               lateral=self.lateral)
         text, impression, labels = report.write(truth, patient, rx, self.deid_rate)
         return Study(
             patient_id=f"phantom-{split}-{index}", study_id=f"phantom-{split}-{index}-s{self.seed}",
             frontal=frontal, lateral=lateral, findings=text, impression=impression, labels=labels,
-            frontal_view=patient.view, lateral_view="LATERAL", source="phantom",
+            frontal_view=patient.view, lateral_view="LATERAL" if self.lateral else "", source="phantom",
         )
 
     def __repr__(self):
-        return f"Phantom(resolution={self.resolution}, seed={self.seed}, deid_rate={self.deid_rate})"
+        return (f"Phantom(resolution={self.resolution}, seed={self.seed}, deid_rate={self.deid_rate}, "
+                f"lateral={self.lateral})")

@@ -57,13 +57,19 @@ def _marker(img: np.ndarray, patient: Patient, lateral: bool, rng: np.random.Gen
 
 
 def radiographs(scene: Scene, arms: Scene, patient: Patient, resolution: int,
-                rng: np.random.Generator):
-    """(frontal, lateral) uint8 images of the same scene; `arms` only appear on the frontal."""
+                rng: np.random.Generator, lateral: bool = True):
+    """(frontal, lateral) uint8 images of the same scene; `arms` only appear on the frontal.
+
+    `lateral=False` skips rendering the lateral (None): the frontal is drawn first from `rng`, so
+    it is identical either way.
+    """
     rot = (rotation(0.0, 0.0, np.deg2rad(patient.rotation_deg)), np.zeros(3))
-    scenes = {"frontal": scene.merged(arms).transformed(rot), "lateral": scene.transformed(rot)}
-    out = []
-    for kind, view in (("frontal", patient.view), ("lateral", "LATERAL")):
-        line = projector(view, resolution).render(scenes[kind])
+    out = [None, None]
+    for i, (kind, view) in enumerate((("frontal", patient.view), ("lateral", "LATERAL"))):
+        if kind == "lateral" and not lateral:
+            break
+        posed = (scene.merged(arms) if kind == "frontal" else scene).transformed(rot)
+        line = projector(view, resolution).render(posed)
         _marker(line, patient, kind == "lateral", rng)
         lo, hi = WINDOWS[kind]
         # Quantum noise is larger where fewer photons arrive (dense regions).
@@ -71,5 +77,5 @@ def radiographs(scene: Scene, arms: Scene, patient: Patient, resolution: int,
         line = line + sigma * rng.standard_normal(line.shape, dtype=np.float32)
         line = _blur(line)
         x = np.clip((line - lo) / ((hi - lo) * patient.exposure), 0.0, 1.0) ** (DISPLAY_GAMMA * patient.gamma)
-        out.append((x * 255.0 + 0.5).astype(np.uint8))
+        out[i] = (x * 255.0 + 0.5).astype(np.uint8)
     return out[0], out[1]
