@@ -19,6 +19,9 @@ def get_default() -> ml_collections.ConfigDict:
     c.data.resolution = 256
     c.data.manual_dir = ""  # your own downloaded copy of a real dataset (never fetched by xray_gen)
     c.data.data_dir = ""  # where prepared TFDS array_record files go (default: TFDS's)
+    # Builder options as a JSON object, e.g. '{"subsets": ["p10"]}' for MIMIC-CXR or
+    # '{"split_file": "splits.csv"}' for Open-i (see xray_gen/data/builders/__init__.py).
+    c.data.options = ""
     c.data.worker_count = 0  # grain worker processes; >0 moves decoding/phantom generation off the loop
     c.data.prefetch = 2  # batches placed on device ahead of the step
     c.data.uncertain_as = 1.0  # uncertain (-1) labels as positives ('U-Ones')

@@ -72,13 +72,32 @@ def open_split(data_config, split: str, views: Sequence[str] = ("frontal", "late
         )
     from xray_gen.data import builders
 
+    options = builder_options(data_config, views)
     return builders.load_split(
         name,
         split,
         manual_dir=data_config.manual_dir,
         data_dir=data_config.data_dir or None,
         resolution=data_config.resolution,
+        **options,
     )
+
+
+def builder_options(data_config, views: Sequence[str]) -> dict[str, Any]:
+    """Builder options from `data.options` (a JSON object), plus what the model's views require."""
+    import json
+
+    try:
+        options = json.loads(data_config.options or "{}")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"data.options must be a JSON object, e.g. '{{\"subsets\": [\"p10\"]}}': {e}") from e
+    if not isinstance(options, dict):
+        raise ValueError(f"data.options must be a JSON object, got {data_config.options!r}")
+    if "lateral" in views:
+        if data_config.source == "chestxray14":
+            raise ValueError("data.source='chestxray14' has frontal images only; this model needs lateral views")
+        options.setdefault("require_lateral", True)
+    return options
 
 
 def _resize(image: np.ndarray, resolution: int) -> np.ndarray:

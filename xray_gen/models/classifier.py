@@ -200,12 +200,36 @@ class ClassifierTask(loop.Task):
             resize_to=self.config.data.resolution, batch_size=self.config.eval.batch_size,
         )
 
+    def _reference_distances(self, state, features, workdir: str) -> dict:
+        """FID/KID between `eval.split` and another real split, in this classifier's feature space."""
+        from xray_gen.evaluation import fid
+        from xray_gen.evaluation.features import params_checksum
+
+        c = self.config
+        other_split = "test" if c.eval.split != "test" else "validation"
+        other = self.scores(state, other_split, c.eval.num_examples)["features"]
+        name = f"{c.eval.split}_vs_{other_split}"
+        if min(len(features), len(other)) < 2:
+            logging.warning("reference FID skipped: fewer than 2 studies in %s or %s", c.eval.split, other_split)
+            return {f"fid_{name}": None, f"kid_{name}": None}
+        key = fid.StatsKey(
+            dataset=f"{c.data.source}/{c.eval.split}", extractor="xray_gen_classifier_penultimate",
+            weights_checksum=params_checksum({"params": state.params, "batch_stats": state.batch_stats}),
+            image_count=len(features), resolution=c.data.resolution,
+        )
+        cache = fid.ReferenceStatsCache(os.path.join(workdir, "eval", "reference_stats"))
+        reference = cache.get_or_compute(key, lambda: fid.FeatureStats.from_features(features))
+        other_stats = fid.FeatureStats.from_features(other)
+        subset = max(2, min(len(features), len(other), 2000) // 2)  # halves, so the KID spread is real
+        return {
+            f"fid_{name}": fid.frechet_distance(reference.mean, reference.cov, other_stats.mean, other_stats.cov),
+            f"kid_{name}": list(fid.kid(features, other, num_subsets=50, max_subset_size=subset)),
+        }
+
     def final_report(self, state, workdir: str) -> dict:
         """`--mode=evaluate`: per-class AUROC with a bootstrap CI on `eval.split`, plus the real-vs-real
         FID/KID between two splits in this classifier's feature space (the floor any generator's
         in-domain FID is compared with). Reference statistics are cached with checksums."""
-        from xray_gen.evaluation import fid
-        from xray_gen.evaluation.features import params_checksum
         from xray_gen.evaluation.metrics import bootstrap_ci
         from xray_gen.evaluation.protocol import model_protocol, write_result_json
 
@@ -216,25 +240,11 @@ class ClassifierTask(loop.Task):
         ci = bootstrap_ci(
             lambda t, p, m: multilabel_auroc(t, p, m)["macro"], out["targets"], out["probs"], mask, n=c.eval.bootstrap
         )
-        other_split = "test" if c.eval.split != "test" else "validation"
-        other = self.scores(state, other_split, c.eval.num_examples)
-        key = fid.StatsKey(
-            dataset=f"{c.data.source}/{c.eval.split}", extractor="xray_gen_classifier_penultimate",
-            weights_checksum=params_checksum({"params": state.params, "batch_stats": state.batch_stats}),
-            image_count=len(out["features"]), resolution=c.data.resolution,
-        )
-        cache = fid.ReferenceStatsCache(os.path.join(workdir, "eval", "reference_stats"))
-        reference = cache.get_or_compute(key, lambda: fid.FeatureStats.from_features(out["features"]))
-        other_stats = fid.FeatureStats.from_features(other["features"])
-        subset = max(2, min(len(out["features"]), len(other["features"]), 2000) // 2)  # halves: a real spread
-        kid_mean, kid_std = fid.kid(out["features"], other["features"], num_subsets=50, max_subset_size=subset)
         metrics = {
             "split": c.eval.split, "num_examples": int(len(out["probs"])), "macro_auroc": auroc["macro"],
             "macro_auroc_ci95": [ci[1], ci[2]], "auroc": auroc, "thresholds": self.thresholds().tolist(),
-            f"fid_{c.eval.split}_vs_{other_split}": fid.frechet_distance(
-                reference.mean, reference.cov, other_stats.mean, other_stats.cov),
-            f"kid_{c.eval.split}_vs_{other_split}": [kid_mean, kid_std],
         }
+        metrics.update(self._reference_distances(state, out["features"], workdir))
         protocol = model_protocol(c, "classifier", state.params, len(out["probs"]), c.eval.bootstrap)
         path = os.path.join(workdir, "eval", f"classifier_{c.eval.split}.json")
         write_result_json(path, metrics, protocol)
