@@ -142,3 +142,43 @@ def test_workdir_records_config_versions_devices(tmp_path):
         assert os.path.exists(tmp_path / name), name
     assert json.load(open(tmp_path / "config.json"))["train"]["num_steps"] == 2
     assert "jax" in json.load(open(tmp_path / "versions.json"))
+
+
+class TwoPhaseTask(RegressionTask):
+    """Phase 0 (steps 1-4): batch 8; phase 1: batch 4 and a halved update. Records phase entries."""
+
+    def __init__(self, config, **kw):
+        super().__init__(config, **kw)
+        self.entered = []
+
+    def phase(self, step):
+        return 0 if step < 4 else 1
+
+    def phase_step(self, phase):
+        def step(state, batch):
+            new, metrics = self.train_step(state, batch)
+            if phase == 1:
+                new = new.replace(w=state.w + 0.5 * (new.w - state.w))
+            return new, {**metrics, "batch": jnp.float32(batch["x"].shape[0])}
+
+        return step
+
+    def phase_loader(self, phase):
+        return make_loader(ArraySource(), [], 8 if phase == 0 else 4, seed=phase)
+
+    def enter_phase(self, state, phase):
+        self.entered.append(phase)
+        return state
+
+
+@pytest.mark.parametrize("stop_at", [2, 4, 6])  # inside phase 0, exactly at the boundary, inside phase 1
+def test_phases_switch_once_and_resume_in_the_right_phase(tmp_path, stop_at):
+    full_task = TwoPhaseTask(_config())
+    full = loop.train(full_task, _config(), str(tmp_path / "full"))
+    assert full_task.entered == [1]
+    loop.train(TwoPhaseTask(_config()), _config(stop_at_step=stop_at), str(tmp_path / "split"))
+    assert Checkpointer(str(tmp_path / "split" / "checkpoints")).restore_meta()["phase"] == (0 if stop_at <= 4 else 1)
+    resumed_task = TwoPhaseTask(_config())
+    resumed = loop.train(resumed_task, _config(), str(tmp_path / "split"))
+    np.testing.assert_array_equal(np.asarray(full.w), np.asarray(resumed.w))
+    assert resumed_task.entered == ([1] if stop_at <= 4 else [])

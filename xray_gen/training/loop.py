@@ -58,6 +58,23 @@ class Task(abc.ABC):
     def prepare(self) -> None:
         """Host-side work before a fresh start only (e.g. statistics of the training labels)."""
 
+    # ---- training phases (e.g. XRayGAN's resolution stages); one phase unless overridden -------
+    def phase(self, step: int) -> int:
+        """The phase that step `step + 1` trains in; a pure function of the step (so resumable)."""
+        return 0
+
+    def phase_step(self, phase: int):
+        """The pure step function of `phase` (shapes may differ between phases: one jit each)."""
+        return self.train_step
+
+    def phase_loader(self, phase: int):
+        """The loader of `phase` (batch size / resolution may differ); starts at its beginning."""
+        return self.train_loader()
+
+    def enter_phase(self, state, phase: int):
+        """Host-side transition into `phase` (called when a run enters it, not on resume inside it)."""
+        return state
+
     def evaluate(self, state, step: int) -> tuple[Any, dict[str, float]]:
         """Periodic evaluation; may return an updated state (e.g. a plateau-reduced learning rate)."""
         return state, {}
@@ -163,10 +180,9 @@ def train(task: Task, config, workdir: str):
 
     rng = jax.random.PRNGKey(config.seed)
     abstract = jax.eval_shape(task.init, rng)
-    iterator = iter(task.train_loader())
+    meta = {}
     if ckpt.latest_step() is not None:
         state, meta = ckpt.restore(abstract_with_sharding(abstract, rep))
-        iterator.set_state(meta["data"].encode("utf-8"))
         task.load_host_state(meta.get("task", {}))
         logging.info("Resumed %s from step %d in %s", task.name, ckpt.latest_step(), ckpt.directory)
     else:
@@ -174,20 +190,37 @@ def train(task: Task, config, workdir: str):
         state = jax.jit(task.init, out_shardings=rep)(rng)
         writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
     step = int(jax.device_get(state.step))
-    step_fn = jax.jit(
-        task.train_step, in_shardings=(rep, batch_sharding(mesh)), out_shardings=(rep, rep), donate_argnums=0
-    )
+    phase = task.phase(step)
+    resume_position = meta.get("data") if meta.get("phase", 0) == phase else None
+    if meta and resume_position is None:  # the checkpoint closed the previous phase
+        state = task.enter_phase(state, phase)
+
+    def start_phase(p, position=None):
+        """(prefetcher, jitted step) of phase `p`: one compilation per phase; `position` resumes its data."""
+        jitted = jax.jit(task.phase_step(p), in_shardings=(rep, batch_sharding(mesh)), out_shardings=(rep, rep),
+                         donate_argnums=0)
+        iterator = iter(task.phase_loader(p))
+        if position:
+            iterator.set_state(position.encode("utf-8"))
+        return _DevicePrefetcher(iterator, mesh, size=config.data.prefetch), jitted
 
     def save(position):
-        ckpt.save(step, state, {"data": position, "task": task.host_state(), "config": config.to_json_best_effort()})
+        ckpt.save(step, state, {"data": position, "phase": phase, "task": task.host_state(),
+                                "config": config.to_json_best_effort()})
 
     progress = periodic_actions.ReportProgress(num_train_steps=tc.num_steps, writer=writer, every_steps=tc.log_every)
-    prefetcher = _DevicePrefetcher(iterator, mesh, size=config.data.prefetch)
+    prefetcher, step_fn = start_phase(phase, resume_position)
     pending: list[tuple[int, dict]] = []
     position = None
     try:
         with _Preemption() as preemption:
             while step < tc.num_steps:
+                if task.phase(step) != phase:
+                    prefetcher.close()
+                    phase = task.phase(step)
+                    logging.info("Step %d: entering phase %d", step, phase)
+                    state = task.enter_phase(state, phase)
+                    prefetcher, step_fn = start_phase(phase)
                 batch, position = next(prefetcher)
                 state, metrics = step_fn(state, batch)
                 step += 1
