@@ -15,7 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_unknown_model_and_source_list_the_valid_choices():
     config = classifier_config.get_config("smoke")
     config.model = "stylegan"
-    with pytest.raises(ValueError, match="valid models: classifier, vcn"):
+    with pytest.raises(ValueError, match="valid models: classifier, vcn, xraygan"):
         main.make_task(config)
     config = classifier_config.get_config("smoke")
     config.data.source = "padchest"

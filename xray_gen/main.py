@@ -33,6 +33,7 @@ MODES = ("train", "evaluate", "sample")
 MODELS = {
     "classifier": "xray_gen.models.classifier:ClassifierTask",
     "vcn": "xray_gen.models.vcn:VCNTask",
+    "xraygan": "xray_gen.models.xraygan.task:XRayGANTask",
 }
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -42,7 +43,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do: " + ", ".join(MODES) + ".")
 
 
-def make_task(config):
+def make_task(config, workdir: str | None = None):
     """The Task object for `config.model`; unknown names fail listing the valid ones."""
     from xray_gen.data.pipeline import SOURCES
 
@@ -51,14 +52,14 @@ def make_task(config):
     if config.data.source not in SOURCES:
         raise ValueError(f"unknown data.source {config.data.source!r}; valid: {', '.join(SOURCES)}")
     module_name, cls_name = MODELS[config.model].split(":")
-    return getattr(importlib.import_module(module_name), cls_name)(config)
+    return getattr(importlib.import_module(module_name), cls_name)(config, workdir)
 
 
 def run(config, workdir: str, mode: str):
     """Library entry point behind the CLI (also used by tests and notebooks)."""
     from xray_gen.training import loop
 
-    task = make_task(config)
+    task = make_task(config, workdir)
     if mode == "train":
         return loop.train(task, config, workdir)
     state, _ = loop.restore_latest(task, config, workdir)

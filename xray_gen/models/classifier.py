@@ -70,8 +70,8 @@ def class_weights(targets: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np
 class ClassifierTask(loop.Task):
     name = "classifier"
 
-    def __init__(self, config):
-        super().__init__(config)
+    def __init__(self, config, workdir=None):
+        super().__init__(config, workdir)
         self.net = build_network(config.classifier)
         self.tx = optax.scale_by_adam(b1=config.optim.b1, b2=config.optim.b2)
         self._weights = None  # computed from training labels on a fresh start (prepare)

@@ -89,8 +89,8 @@ class VCNState:
 class VCNTask(loop.Task):
     name = "vcn"
 
-    def __init__(self, config):
-        super().__init__(config)
+    def __init__(self, config, workdir=None):
+        super().__init__(config, workdir)
         mc = config.vcn
         self.net = ViewConsistencyNet(
             stage_sizes=tuple(mc.stage_sizes), widths=tuple(mc.widths), small_input=mc.small_input, embed_dim=mc.embed_dim

@@ -40,8 +40,9 @@ class Task(abc.ABC):
 
     name = "task"
 
-    def __init__(self, config):
+    def __init__(self, config, workdir: str | None = None):
         self.config = config
+        self.workdir = workdir
 
     @abc.abstractmethod
     def init(self, rng):

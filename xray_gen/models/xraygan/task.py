@@ -1,0 +1,239 @@
+"""XRayGAN training: report encoder + two-view MSCGAN + conditioned patch critics + frozen VCNs.
+
+Phases: an optional MSE-only warm-up of stage 0, then one phase per stage (32, 64, ... px). Each
+phase has its own batch size, resolution and jitted step; the encoder, both generator cascades and
+every critic live in one state from the start, so a stage switch only recompiles. At stage s the
+critics of stage s score (image, report) pairs (WGAN-GP), and the generator minimises
+adv + 100 * L2 to the paired real image - w_vc * VC reward, where the reward is the frozen VCN's
+same-patient probability for the generated frontal/lateral pair (its parameters are constants of
+the step, so no gradient reaches them).
+"""
+
+from __future__ import annotations
+
+import os
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from xray_gen.data import augment as aug
+from xray_gen.data.pipeline import ReportInputs, ToModelInputs, make_loader, open_split, workdir_tokenizer
+from xray_gen.models.xraygan import losses
+from xray_gen.models.xraygan.networks import OneShotGenerator, PatchDiscriminator, XRayGANGenerator
+from xray_gen.nn.text import FlatReportEncoder, HierarchicalReportEncoder
+from xray_gen.training import loop
+
+VIEWS = ("frontal", "lateral")
+
+
+@flax.struct.dataclass
+class XRayGANState:
+    step: jax.Array
+    rng: jax.Array
+    g_params: dict  # {"encoder": ..., "generator": ...}
+    d_params: dict  # {"frontal_0": ..., "lateral_0": ..., ...} one critic per view and stage
+    g_opt: optax.OptState
+    d_opt: optax.OptState
+
+
+def stage_resolution(stage: int) -> int:
+    return 32 * 2**stage
+
+
+class XRayGANTask(loop.Task):
+    name = "xraygan"
+
+    def __init__(self, config, workdir: str):
+        super().__init__(config)
+        x = config.xraygan
+        if len(x.stage_steps) < x.num_stages or len(x.batch_sizes) < x.num_stages or len(x.learning_rates) < x.num_stages:
+            raise ValueError(f"xraygan.stage_steps/batch_sizes/learning_rates need {x.num_stages} entries (num_stages)")
+        if stage_resolution(x.num_stages - 1) != config.data.resolution:
+            raise ValueError(
+                f"data.resolution={config.data.resolution} must be the last stage's, "
+                f"{stage_resolution(x.num_stages - 1)} for xraygan.num_stages={x.num_stages}"
+            )
+        self.workdir = workdir
+        self.phases = ([("warmup", 0, x.warmup_steps)] if x.warmup_steps > 0 else []) + [
+            ("gan", s, x.stage_steps[s]) for s in range(x.num_stages)
+        ]
+        self.boundaries = np.cumsum([n for _, _, n in self.phases])
+        if config.train.num_steps < 0:
+            config.train.num_steps = int(self.boundaries[-1])
+        self.tokenizer = workdir_tokenizer(workdir, config.data, x.vocab_size)
+        enc_cls = HierarchicalReportEncoder if x.encoder == "hae" else FlatReportEncoder
+        if x.encoder not in ("hae", "flat") or x.generator not in ("cascade", "oneshot"):
+            raise ValueError("xraygan.encoder must be hae|flat and xraygan.generator cascade|oneshot")
+        self.encoder = enc_cls(self.tokenizer.vocab_size, x.embed_dim, x.hidden, out_dim=x.cond_dim)
+        gen_kw = dict(base_width=x.base_width, stage_width=x.stage_width, num_res=x.num_res, noise_dim=x.noise_dim)
+        if x.generator == "cascade":
+            self.generator = XRayGANGenerator(num_stages=x.num_stages - 1, **gen_kw)
+        else:
+            self.generator = {v: OneShotGenerator(resolution=config.data.resolution, **gen_kw) for v in VIEWS}
+        self.critic = PatchDiscriminator(width=x.d_width, max_width=x.d_max_width)
+        self.tx = optax.scale_by_adam(b1=x.b1, b2=x.b2)
+        self._vcn = {}
+
+    # ---- phases ------------------------------------------------------------------------------
+    def phase(self, step: int) -> int:
+        return int(min(np.searchsorted(self.boundaries, step, side="right"), len(self.phases) - 1))
+
+    def phase_loader(self, phase: int):
+        _, stage, _ = self.phases[phase]
+        c, x = self.config, self.config.xraygan
+        transforms = [
+            ReportInputs(self.tokenizer, x.max_sentences, x.max_words),
+            ToModelInputs(views=VIEWS, resolution=stage_resolution(stage)),
+        ]
+        return make_loader(open_split(c.data, "train"), transforms, x.batch_sizes[stage], seed=c.seed + phase,
+                           worker_count=c.data.worker_count)
+
+    # ---- frozen view-consistency networks ----------------------------------------------------
+    def vcn_config(self, resolution: int) -> ml_collections.ConfigDict:
+        from xray_gen.configs import vcn as vcn_configs
+
+        vc = vcn_configs.get_config(self.config.xraygan.vcn_variant)
+        vc.data = self.config.data.copy_and_resolve_references()
+        vc.data.resolution = resolution
+        vc.train.num_steps = self.config.xraygan.vcn_steps
+        vc.train.eval_every = vc.train.num_steps  # one evaluation, at the end (AUROC in its workdir's logs)
+        return vc
+
+    def prepare(self) -> None:
+        """Trains (once, resumably) the VCN of every stage resolution that lacks one."""
+        if not self.config.xraygan.use_vcn:
+            return
+        from xray_gen.models.vcn import VCNTask
+
+        for stage in range(self.config.xraygan.num_stages):
+            res = stage_resolution(stage)
+            logging.info("XRayGAN: training the frozen VCN at %d px in %s", res, self.vcn_dir(res))
+            vc = self.vcn_config(res)
+            loop.train(VCNTask(vc), vc, self.vcn_dir(res))
+
+    def vcn_dir(self, resolution: int) -> str:
+        return os.path.join(self.workdir, f"vcn_{resolution}")
+
+    def vcn(self, stage: int):
+        """(net, frozen variables) of the stage's VCN, loaded from its workdir."""
+        if stage not in self._vcn:
+            from xray_gen.models.vcn import VCNTask
+
+            vc = self.vcn_config(stage_resolution(stage))
+            task = VCNTask(vc)
+            state, _ = loop.restore_latest(task, vc, self.vcn_dir(stage_resolution(stage)))
+            self._vcn[stage] = (task.net, {"params": state.params, "batch_stats": state.batch_stats})
+        return self._vcn[stage]
+
+    # ---- pure functions ----------------------------------------------------------------------
+    def _generate(self, g_params, batch, rng, stage: int):
+        """Condition c and the generated {view: image at stage resolution}."""
+        c = self.encoder.apply(g_params["encoder"], batch)
+        x = self.config.xraygan
+        z = jax.random.normal(rng, (c.shape[0], x.noise_dim)) if x.noise_dim > 0 else None
+        if isinstance(self.generator, dict):  # one-shot ablation: always the final resolution
+            fakes = {v: self.generator[v].apply(g_params["generator"][v], c, z) for v in VIEWS}
+            res = stage_resolution(stage)
+            fakes = {v: jax.image.resize(f, (f.shape[0], res, res, 1), "linear") for v, f in fakes.items()}
+        else:
+            out = self.generator.apply(g_params["generator"], c, z, stage=stage)
+            fakes = {v: out[v][stage] for v in VIEWS}
+        return c, fakes
+
+    def init(self, rng):
+        x = self.config.xraygan
+        k_enc, k_gen, k_d = jax.random.split(rng, 3)
+        s, w = x.max_sentences, x.max_words
+        dummy = {f"{sec}_{k}": jnp.zeros((1, s, w), jnp.int32 if k == "ids" else jnp.float32)
+                 for sec in ("findings", "impression") for k in ("ids", "mask")}
+        enc = self.encoder.init(k_enc, dummy)
+        c = jnp.zeros((1, x.cond_dim))
+        z = jnp.zeros((1, x.noise_dim)) if x.noise_dim > 0 else None
+        if isinstance(self.generator, dict):
+            gen = {v: self.generator[v].init(jax.random.fold_in(k_gen, i), c, z) for i, v in enumerate(VIEWS)}
+        else:
+            gen = self.generator.init(k_gen, c, z)
+        d = {}
+        for stage in range(x.num_stages):
+            r = stage_resolution(stage)
+            for i, v in enumerate(VIEWS):
+                d[f"{v}_{stage}"] = self.critic.init(jax.random.fold_in(k_d, 2 * stage + i), jnp.zeros((1, r, r, 1)), c)
+        g_params = {"encoder": enc, "generator": gen}
+        return XRayGANState(step=jnp.zeros((), jnp.int32), rng=jax.random.fold_in(rng, 7), g_params=g_params,
+                            d_params=d, g_opt=self.tx.init(g_params), d_opt=self.tx.init(d))
+
+    def _lr(self, step, phase: int):
+        x = self.config.xraygan
+        _, stage, _ = self.phases[phase]
+        start = int(self.boundaries[phase - 1]) if phase > 0 else 0
+        lr = jnp.float32(x.learning_rates[stage])
+        if x.lr_decay_every > 0:
+            lr = lr * x.lr_decay ** ((step - start) // x.lr_decay_every)
+        return lr
+
+    def phase_step(self, phase: int):
+        kind, stage, _ = self.phases[phase]
+        x = self.config.xraygan
+        use_vcn = kind == "gan" and x.use_vcn
+        vcn_net, vcn_vars = self.vcn(stage) if use_vcn else (None, None)
+
+        def step(state: XRayGANState, batch):
+            rng = jax.random.fold_in(state.rng, state.step)
+            k_z, k_gp = jax.random.split(rng)
+            real = {v: aug.to_float(batch[v]) for v in VIEWS}
+            lr = self._lr(state.step, phase)
+            metrics = {"learning_rate": lr}
+            d_params, d_opt = state.d_params, state.d_opt
+            if kind == "gan":  # critic update on detached fakes
+                c, fakes = self._generate(state.g_params, batch, k_z, stage)
+                c, fakes = jax.lax.stop_gradient(c), jax.lax.stop_gradient(fakes)
+
+                def d_loss_fn(dp):
+                    total = 0.0
+                    for i, v in enumerate(VIEWS):
+                        critic = lambda img, v=v: self.critic.apply(dp[f"{v}_{stage}"], img, c)
+                        gap = losses.wgan_d_loss(critic(real[v]), critic(fakes[v]))
+                        gp = losses.gradient_penalty(critic, real[v], fakes[v], jax.random.fold_in(k_gp, i), x.gp_weight)
+                        total = total + gap + gp
+                    return total
+
+                d_loss, d_grads = jax.value_and_grad(d_loss_fn)(d_params)
+                d_updates, d_opt = self.tx.update(d_grads, d_opt, d_params)
+                d_params = jax.tree.map(lambda p, u: p - lr * u, d_params, d_updates)
+                metrics["d_loss"] = d_loss
+
+            def g_loss_fn(gp_):
+                c, fakes = self._generate(gp_, batch, k_z, stage)
+                if kind == "warmup":
+                    pixel = sum(losses.pixel_l2(fakes[v], real[v]) for v in VIEWS)
+                    return x.pixel_weight * pixel, {"pixel": pixel}
+                scores = [self.critic.apply(d_params[f"{v}_{stage}"], fakes[v], c) for v in VIEWS]
+                p_same = None
+                if use_vcn:
+                    p_same = jax.nn.sigmoid(vcn_net.apply(vcn_vars, fakes["frontal"], fakes["lateral"], train=False))
+                total, terms = losses.generator_objective(
+                    scores, [fakes[v] for v in VIEWS], [real[v] for v in VIEWS], p_same,
+                    adv_weight=x.adv_weight, pixel_weight=x.pixel_weight, vc_weight=x.vc_weight, vc_form=x.vc_form,
+                )
+                return total, terms
+
+            (g_loss, terms), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state.g_params)
+            g_updates, g_opt = self.tx.update(g_grads, state.g_opt, state.g_params)
+            g_params = jax.tree.map(lambda p, u: p - lr * u, state.g_params, g_updates)
+            metrics.update({"g_loss": g_loss, **{f"g_{k}": v for k, v in terms.items()}})
+            new = state.replace(step=state.step + 1, g_params=g_params, d_params=d_params, g_opt=g_opt, d_opt=d_opt)
+            return new, metrics
+
+        return step
+
+    def train_step(self, state, batch):
+        """The first phase's step (the loop asks `phase_step` for each phase)."""
+        return self.phase_step(0)(state, batch)
+
+    def train_loader(self):
+        return self.phase_loader(0)
