@@ -1,9 +1,11 @@
 """XRayGAN end to end at smoke size: frozen VCNs trained first, warm-up + two stages, phases logged."""
 
+import json
 import os
 
 import jax
 import numpy as np
+from PIL import Image
 
 from xray_gen import main
 from xray_gen.configs import xraygan as xraygan_config
@@ -23,6 +25,28 @@ def test_smoke_training_runs_all_phases_with_frozen_vcns(tmp_path):
     meta = Checkpointer(os.path.join(workdir, "checkpoints")).restore_meta()
     assert meta["phase"] == 2  # the last stage's phase is in the checkpoint
 
+    # sampling from the checkpoint: test-split reports by default, then user reports of every kind
+    summary = main.run(config, workdir, "sample")
+    assert len(summary) == config.sample.num_reports
+    grid = Image.open(os.path.join(workdir, "samples", "grid.png"))
+    assert grid.size == (4 * 64, config.sample.num_reports * 64)  # generated pair + real pair per row
+    reports = tmp_path / "reports.jsonl"
+    reports.write_text("\n".join(json.dumps(r) for r in [
+        {"id": "openi", "report": "FINDINGS: The heart is normal in size. No pleural effusion or pneumothorax. "
+                                  "IMPRESSION: No acute cardiopulmonary abnormality."},
+        {"id": "empty", "report": "   "},
+        {"id": "unknown", "findings": "zzyzx qwerty"},
+        {"id": "long", "findings": " ".join(["Mild cardiomegaly."] * 40) + " " + "very " * 60 + "long."},
+        {"id": "odd", "impression": "Pneumothorax \u2603\u0000 on the right!!! <b>XXXX</b>"},
+    ]))
+    summary = main.run(config, workdir, "sample", report_file=str(reports))
+    assert summary["openi"]["files"] == ["frontal.png", "lateral.png"]
+    frontal = np.asarray(Image.open(os.path.join(workdir, "samples", "openi", "frontal.png")))
+    assert frontal.shape == (64, 64) and frontal.dtype == np.uint8
+    assert "files" not in summary["empty"] and any("skipped" in n for n in summary["empty"]["notes"])
+    assert "files" in summary["long"] and any("kept the first" in n for n in summary["long"]["notes"])
+    assert "files" in summary["odd"]
+
 
 def test_stage_boundaries_and_resolutions():
     from xray_gen.models.xraygan.task import XRayGANTask, stage_resolution
@@ -32,3 +56,27 @@ def test_stage_boundaries_and_resolutions():
     task.boundaries = np.cumsum([2, 3, 3])
     assert [task.phase(s) for s in range(8)] == [0, 0, 1, 1, 1, 2, 2, 2]
     assert [stage_resolution(s) for s in range(4)] == [32, 64, 128, 256]
+
+
+def test_load_reports_formats_and_errors(tmp_path):
+    import pytest
+
+    from xray_gen.models.xraygan.sampling import load_reports
+
+    one = load_reports(report="FINDINGS: Clear lungs. IMPRESSION: Normal.")
+    assert one == [{"id": "report", "findings": "Clear lungs.", "impression": "Normal."}]
+    headerless = load_reports(report="Heart size normal.")[0]  # no headers: kept (extract_sections' fallback)
+    assert "Heart size normal." in headerless["findings"] + headerless["impression"]
+    csv_file = tmp_path / "r.csv"
+    csv_file.write_text("id,findings,impression\na/1,Small effusion.,Effusion.\n")
+    assert load_reports(report_file=str(csv_file)) == [{"id": "a_1", "findings": "Small effusion.", "impression": "Effusion."}]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"report": "ok"}\nnot json\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2"):
+        load_reports(report_file=str(bad))
+    no_cols = tmp_path / "x.csv"
+    no_cols.write_text("text\nhello\n")
+    with pytest.raises(ValueError, match="'report' column"):
+        load_reports(report_file=str(no_cols))
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        load_reports(report_file=str(tmp_path / "missing.txt"))

@@ -41,6 +41,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and outputs.")
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do: " + ", ".join(MODES) + ".")
+_REPORT = flags.DEFINE_string("report", None, 'sample: one report, e.g. "FINDINGS: ... IMPRESSION: ..."')
+_REPORT_FILE = flags.DEFINE_string("report_file", None, "sample: a text file (one report), or .jsonl/.csv of many")
 
 
 def make_task(config, workdir: str | None = None):
@@ -55,7 +57,7 @@ def make_task(config, workdir: str | None = None):
     return getattr(importlib.import_module(module_name), cls_name)(config, workdir)
 
 
-def run(config, workdir: str, mode: str):
+def run(config, workdir: str, mode: str, **sample_options):
     """Library entry point behind the CLI (also used by tests and notebooks)."""
     from xray_gen.training import loop
 
@@ -69,7 +71,7 @@ def run(config, workdir: str, mode: str):
         return result
     if not hasattr(task, "sample"):
         raise ValueError(f"model {config.model!r} is not generative: valid modes for it are train, evaluate")
-    return task.sample(state, workdir)
+    return task.sample(state, workdir, **sample_options)
 
 
 def _unknown_config_keys(argv) -> list[str]:
@@ -115,7 +117,10 @@ def main(argv):
         "JAX %s: process %d/%d, %d local / %d global devices (%s)", jax.__version__, jax.process_index(),
         jax.process_count(), jax.local_device_count(), jax.device_count(), jax.default_backend(),
     )
-    run(_CONFIG.value, _WORKDIR.value, _MODE.value)
+    sample_options = {k: v for k, v in (("report", _REPORT.value), ("report_file", _REPORT_FILE.value)) if v is not None}
+    if sample_options and _MODE.value != "sample":
+        raise app.UsageError("--report/--report_file only apply to --mode=sample")
+    run(_CONFIG.value, _WORKDIR.value, _MODE.value, **sample_options)
 
 
 if __name__ == "__main__":

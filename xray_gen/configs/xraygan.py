@@ -51,6 +51,12 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     x.num_res = 4
     x.d_width = 64
     x.d_max_width = 512
+
+    c.sample = ml_collections.ConfigDict()
+    c.sample.num_reports = 8  # test-split reports sampled when no --report/--report_file is given
+    c.sample.num_samples = 4  # draws per report when noise_dim > 0
+    c.sample.all_stages = False  # also write the 32/64/128 px intermediate images
+    c.sample.seed = 0
     return apply_variant(c, variant, {
         "": _paper, "official": _official, "wo_vcn": _wo_vcn, "wo_mscgan": _wo_mscgan, "wo_hae": _wo_hae,
         "cpu": _cpu, "smoke": _smoke,

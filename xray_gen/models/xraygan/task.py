@@ -11,6 +11,7 @@ the step, so no gradient reaches them).
 
 from __future__ import annotations
 
+import json
 import os
 
 import flax
@@ -132,17 +133,14 @@ class XRayGANTask(loop.Task):
 
     # ---- pure functions ----------------------------------------------------------------------
     def _generate(self, g_params, batch, rng, stage: int):
-        """Condition c and the generated {view: image at stage resolution}."""
+        """Condition c and the generated {view: image at the stage's resolution}."""
         c = self.encoder.apply(g_params["encoder"], batch)
-        x = self.config.xraygan
-        z = jax.random.normal(rng, (c.shape[0], x.noise_dim)) if x.noise_dim > 0 else None
-        if isinstance(self.generator, dict):  # one-shot ablation: always the final resolution
-            fakes = {v: self.generator[v].apply(g_params["generator"][v], c, z) for v in VIEWS}
-            res = stage_resolution(stage)
-            fakes = {v: jax.image.resize(f, (f.shape[0], res, res, 1), "linear") for v, f in fakes.items()}
-        else:
-            out = self.generator.apply(g_params["generator"], c, z, stage=stage)
-            fakes = {v: out[v][stage] for v in VIEWS}
+        images = self._generate_stages(g_params, batch, rng, stage, c)
+        res = stage_resolution(stage)
+        # The one-shot ablation only makes the final resolution: earlier stages see it downsampled.
+        fakes = {v: images[v][-1] for v in VIEWS}
+        fakes = {v: f if f.shape[1] == res else jax.image.resize(f, (f.shape[0], res, res, 1), "linear")
+                 for v, f in fakes.items()}
         return c, fakes
 
     def init(self, rng):
@@ -237,3 +235,64 @@ class XRayGANTask(loop.Task):
 
     def train_loader(self):
         return self.phase_loader(0)
+
+    # ---- sampling ----------------------------------------------------------------------------
+    def sample(self, state, workdir: str, report: str | None = None, report_file: str | None = None) -> dict:
+        """Frontal + lateral PNGs per report into workdir/samples, a grid, and summary.json.
+
+        Without --report/--report_file, the first `sample.num_reports` test-split reports are used
+        and their real images are shown beside the generated ones.
+        """
+        from xray_gen.data.schema import Study
+        from xray_gen.models.xraygan import sampling
+
+        c, x = self.config, self.config.xraygan
+        real_pairs = {}
+        if report is None and report_file is None:
+            source = open_split(c.data, "test")
+            items = []
+            for i in range(min(len(source), c.sample.num_reports)):
+                study = Study.from_example(source[i])
+                items.append({"id": f"test_{i}", "findings": study.findings, "impression": study.impression})
+                real_pairs[items[-1]["id"]] = [aug.to_float(np.asarray(getattr(study, v))) for v in VIEWS]
+        else:
+            items = sampling.load_reports(report, report_file)
+        last = x.num_stages - 1
+        generate = jax.jit(lambda g_params, batch, rng: self._generate_stages(g_params, batch, rng, last))
+        out_dir = os.path.join(workdir, "samples")
+        summary, rows = {}, []
+        n_draws = c.sample.num_samples if x.noise_dim > 0 else 1
+        for item in items:
+            inputs, notes = sampling.encode_report(self.tokenizer, item, x.max_sentences, x.max_words)
+            entry = summary[item["id"]] = {"findings": item["findings"], "impression": item["impression"], "notes": notes}
+            if inputs is None:
+                logging.warning("report %s skipped: %s", item["id"], "; ".join(notes))
+                continue
+            for n in range(n_draws):
+                images = jax.device_get(generate(state.g_params, inputs, jax.random.PRNGKey(c.sample.seed + n)))
+                suffix = f"_seed{n}" if n_draws > 1 else ""
+                sampling.write_pair(os.path.join(out_dir, item["id"]), images["frontal"][-1][0], images["lateral"][-1][0], suffix)
+                if c.sample.all_stages:
+                    for s in range(len(images["frontal"]) - 1):
+                        sampling.write_pair(os.path.join(out_dir, item["id"]), images["frontal"][s][0],
+                                            images["lateral"][s][0], f"{suffix}_stage{s}")
+                rows.append([images["frontal"][-1][0], images["lateral"][-1][0]] + real_pairs.get(item["id"], []))
+            entry["files"] = sorted(os.listdir(os.path.join(out_dir, item["id"])))
+            for note in notes:
+                logging.info("report %s: %s", item["id"], note)
+        os.makedirs(out_dir, exist_ok=True)
+        if rows:
+            sampling.write_grid(os.path.join(out_dir, "grid.png"), rows)
+        with open(os.path.join(out_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        logging.info("wrote samples of %d of %d reports to %s", len(rows) // n_draws, len(items), out_dir)
+        return summary
+
+    def _generate_stages(self, g_params, batch, rng, stage: int, c=None):
+        """{view: [image per stage up to `stage`]} (the one-shot ablation has only the final one)."""
+        c = self.encoder.apply(g_params["encoder"], batch) if c is None else c
+        x = self.config.xraygan
+        z = jax.random.normal(rng, (c.shape[0], x.noise_dim)) if x.noise_dim > 0 else None
+        if isinstance(self.generator, dict):
+            return {v: [self.generator[v].apply(g_params["generator"][v], c, z)] for v in VIEWS}
+        return self.generator.apply(g_params["generator"], c, z, stage=stage)

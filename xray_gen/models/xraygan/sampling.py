@@ -1,0 +1,107 @@
+"""Reports in, frontal/lateral PNGs out: reading user reports robustly and writing samples.
+
+Reports come from `--report="FINDINGS: ... IMPRESSION: ..."` or `--report_file` (plain text = one
+report; `.jsonl` with "report" or "findings"/"impression" per line; `.csv` with the same columns;
+an optional "id"). Every report is accepted, fixed or skipped with a note that says which: empty
+reports are skipped, odd characters are dropped by the tokenizer's cleaning, overlong reports are
+truncated, reports whose words are all unknown still generate (from the unknown token) but say so.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+
+import numpy as np
+from PIL import Image
+
+from xray_gen.data.reports import extract_sections, split_sentences
+
+
+def _item(raw: dict, default_id: str) -> dict:
+    if raw.get("findings") or raw.get("impression"):
+        findings, impression = str(raw.get("findings") or ""), str(raw.get("impression") or "")
+    else:
+        findings, impression = extract_sections(str(raw.get("report") or ""))
+        if not (findings or impression) and str(raw.get("report") or "").strip():
+            findings = str(raw["report"]).strip()  # no section headers: the whole text as findings
+    safe_id = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(raw.get("id") or default_id))[:64]
+    return {"id": safe_id, "findings": findings, "impression": impression}
+
+
+def load_reports(report: str | None = None, report_file: str | None = None) -> list[dict]:
+    """Reports as [{"id", "findings", "impression"}]; errors name the file and line."""
+    if report is not None:
+        return [_item({"report": report}, "report")]
+    if not os.path.exists(report_file):
+        raise FileNotFoundError(f"--report_file {report_file!r} does not exist")
+    name = os.path.basename(report_file)
+    if report_file.endswith(".jsonl"):
+        items = []
+        with open(report_file, encoding="utf-8", errors="replace") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    raw = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{name}:{n}: not a JSON object ({e.msg})") from None
+                if not isinstance(raw, dict):
+                    raise ValueError(f"{name}:{n}: expected an object with 'report' or 'findings'/'impression'")
+                items.append(_item(raw, f"line{n}"))
+        return items
+    if report_file.endswith(".csv"):
+        with open(report_file, encoding="utf-8", errors="replace", newline="") as f:
+            reader = csv.DictReader(f)
+            columns = set(reader.fieldnames or ())
+            if not columns & {"report", "findings", "impression"}:
+                raise ValueError(f"{name}: needs a 'report' column or 'findings'/'impression' columns; has {sorted(columns)}")
+            return [_item(row, f"row{n}") for n, row in enumerate(reader, 2)]
+    with open(report_file, encoding="utf-8", errors="replace") as f:
+        return [_item({"report": f.read()}, os.path.splitext(name)[0])]
+
+
+def encode_report(tokenizer, item: dict, max_sentences: int, max_words: int) -> tuple[dict | None, list[str]]:
+    """(model inputs with a leading batch axis, or None to skip) and notes on what was done."""
+    notes = []
+    sections = {}
+    total_words = 0
+    for section in ("findings", "impression"):
+        text = item[section]
+        sentences = split_sentences(text)
+        if len(sentences) > max_sentences:
+            notes.append(f"{section}: {len(sentences)} sentences, kept the first {max_sentences}")
+        ids, mask = tokenizer.encode_hierarchical(text, max_sentences, max_words)
+        full = [tokenizer.encode(s) for s in sentences[:max_sentences]]
+        if any(len(t) + 1 > max_words for t in full):
+            notes.append(f"{section}: sentences longer than {max_words} tokens were truncated")
+        real = ids[mask > 0]
+        total_words += int((real > tokenizer.EOS).sum())
+        if real.size and np.all((real == tokenizer.UNK) | (real == tokenizer.EOS)):
+            notes.append(f"{section}: every word is unknown to the model's vocabulary")
+        sections[f"{section}_ids"], sections[f"{section}_mask"] = ids[None], mask[None]
+    if total_words == 0:
+        return None, notes + ["empty report (no words after cleaning): skipped"]
+    return sections, notes
+
+
+def write_pair(directory: str, frontal: np.ndarray, lateral: np.ndarray, suffix: str = "") -> None:
+    """Writes frontal/lateral PNGs (float [-1, 1] (H, W[, 1]) arrays)."""
+    os.makedirs(directory, exist_ok=True)
+    for name, image in (("frontal", frontal), ("lateral", lateral)):
+        Image.fromarray(to_uint8(image)).save(os.path.join(directory, f"{name}{suffix}.png"))
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image, np.float32).squeeze()
+    return np.clip((image + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
+def write_grid(path: str, rows: list[list[np.ndarray]]) -> None:
+    """One PNG with a row per report: its images side by side (all the same size)."""
+    tiles = [np.concatenate([to_uint8(im) for im in row], axis=1) for row in rows]
+    width = max(t.shape[1] for t in tiles)
+    tiles = [np.pad(t, ((0, 0), (0, width - t.shape[1]))) for t in tiles]
+    Image.fromarray(np.concatenate(tiles, axis=0)).save(path)
