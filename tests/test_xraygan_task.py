@@ -17,6 +17,7 @@ def test_smoke_training_runs_all_phases_with_frozen_vcns(tmp_path):
     workdir = str(tmp_path)
     state = main.run(config, workdir, "train")
     assert int(state.step) == 2 + 3 + 3  # warm-up + stage 0 + stage 1
+    assert Checkpointer(os.path.join(workdir, "classifier_64", "checkpoints")).latest_step() == 4
     for res in (32, 64):
         assert Checkpointer(os.path.join(workdir, f"vcn_{res}", "checkpoints")).latest_step() == config.xraygan.vcn_steps
     assert os.path.exists(os.path.join(workdir, "tokenizer.model"))
@@ -46,6 +47,13 @@ def test_smoke_training_runs_all_phases_with_frozen_vcns(tmp_path):
     assert "files" not in summary["empty"] and any("skipped" in n for n in summary["empty"]["notes"])
     assert "files" in summary["long"] and any("kept the first" in n for n in summary["long"]["notes"])
     assert "files" in summary["odd"]
+
+    result = main.run(config, workdir, "evaluate")
+    assert set(result["vc"]) == {"generated", "real", "mismatched"}
+    assert all(0.0 <= p <= 1.0 for p in result["vc"].values())
+    for view in ("frontal", "lateral"):
+        assert result[f"fid_{view}"] >= 0.0 and -1.0 <= result[f"ssim_{view}"] <= 1.0
+    assert os.path.exists(os.path.join(workdir, "eval", "xraygan_validation.json"))
 
 
 def test_stage_boundaries_and_resolutions():

@@ -40,6 +40,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     x.use_vcn = True
     x.vcn_variant = "cpu"  # config variant of the VCNs trained (once) for each stage resolution
     x.vcn_steps = 1_500
+    x.classifier_variant = "cpu"  # the evaluation classifier, trained once at the final resolution
+    x.classifier_steps = 2_000
     x.vocab_size = 1_000
     x.max_sentences = 8
     x.max_words = 24
@@ -98,6 +100,7 @@ def _cpu(c):
     x.embed_dim = x.hidden = 64
     x.cond_dim = 128
     x.vcn_steps = 600
+    x.classifier_steps = 600
 
 
 def _smoke(c):
@@ -118,4 +121,6 @@ def _smoke(c):
     x.num_res = 1
     x.vcn_variant = "smoke"
     x.vcn_steps = 4
+    x.classifier_variant = "smoke"
+    x.classifier_steps = 4
     c.train.checkpoint_every = 2

@@ -105,10 +105,20 @@ class XRayGANTask(loop.Task):
         vc.train.eval_every = vc.train.num_steps  # one evaluation, at the end (AUROC in its workdir's logs)
         return vc
 
+    def classifier_config(self) -> ml_collections.ConfigDict:
+        from xray_gen.configs import classifier as classifier_configs
+
+        cc = classifier_configs.get_config(self.config.xraygan.classifier_variant)
+        cc.data = self.config.data.copy_and_resolve_references()
+        cc.train.num_steps = self.config.xraygan.classifier_steps
+        cc.train.eval_every = cc.train.num_steps
+        return cc
+
     def prepare(self) -> None:
-        """Trains (once, resumably) the VCN of every stage resolution that lacks one."""
-        if not self.config.xraygan.use_vcn:
-            return
+        """Trains (once, resumably) what training and evaluation lean on: the VCN of every stage
+        resolution (frozen reward; also the evaluation's VC score, so even `wo_vcn` has them) and
+        the in-domain classifier at the final resolution (FID features, clinical AUROC)."""
+        from xray_gen.models.classifier import ClassifierTask
         from xray_gen.models.vcn import VCNTask
 
         for stage in range(self.config.xraygan.num_stages):
@@ -116,6 +126,12 @@ class XRayGANTask(loop.Task):
             logging.info("XRayGAN: training the frozen VCN at %d px in %s", res, self.vcn_dir(res))
             vc = self.vcn_config(res)
             loop.train(VCNTask(vc), vc, self.vcn_dir(res))
+        logging.info("XRayGAN: training the evaluation classifier in %s", self.classifier_dir())
+        cc = self.classifier_config()
+        loop.train(ClassifierTask(cc), cc, self.classifier_dir())
+
+    def classifier_dir(self) -> str:
+        return os.path.join(self.workdir, f"classifier_{self.config.data.resolution}")
 
     def vcn_dir(self, resolution: int) -> str:
         return os.path.join(self.workdir, f"vcn_{resolution}")
@@ -177,7 +193,7 @@ class XRayGANTask(loop.Task):
     def phase_step(self, phase: int):
         kind, stage, _ = self.phases[phase]
         x = self.config.xraygan
-        use_vcn = kind == "gan" and x.use_vcn
+        use_vcn = kind == "gan" and x.use_vcn and x.vc_weight != 0
         vcn_net, vcn_vars = self.vcn(stage) if use_vcn else (None, None)
 
         def step(state: XRayGANState, batch):
@@ -296,3 +312,60 @@ class XRayGANTask(loop.Task):
         if isinstance(self.generator, dict):
             return {v: [self.generator[v].apply(g_params["generator"][v], c, z)] for v in VIEWS}
         return self.generator.apply(g_params["generator"], c, z, stage=stage)
+
+    # ---- evaluation ---------------------------------------------------------------------------
+    def final_report(self, state, workdir: str) -> dict:
+        """Paper Tables 1/2 on `eval.split`: per view FID/KID (classifier features), SSIM to the real
+        image of the same report, VC of generated / real / mismatched generated pairs, and the
+        classifier's AUROC for the report's labels on generated (and real) frontals."""
+        from xray_gen.evaluation import fid
+        from xray_gen.evaluation.metrics import multilabel_auroc, ssim
+        from xray_gen.evaluation.protocol import model_protocol, write_result_json
+        from xray_gen.models.classifier import ClassifierTask
+        from xray_gen.training.inference import predict
+        from xray_gen.training.sharding import make_mesh
+
+        c, x = self.config, self.config.xraygan
+        last = x.num_stages - 1
+        res = stage_resolution(last)
+        transforms = [ReportInputs(self.tokenizer, x.max_sentences, x.max_words), ToModelInputs(views=VIEWS, resolution=res)]
+        loader = make_loader(open_split(c.data, c.eval.split), transforms, c.eval.batch_size, seed=c.seed,
+                             shuffle=False, num_epochs=1, drop_remainder=False)
+        vcn_net, vcn_vars = self.vcn(last)
+        cc = self.classifier_config()
+        classifier = ClassifierTask(cc)
+        cls_state, _ = loop.restore_latest(classifier, cc, self.classifier_dir())
+        cls_vars = {"params": cls_state.params, "batch_stats": cls_state.batch_stats}
+
+        def fn(st, batch):
+            _, fakes = self._generate(st.g_params, batch, jax.random.PRNGKey(c.sample.seed), last)
+            real = {v: aug.to_float(batch[v]) for v in VIEWS}
+            vc = lambda f, l: jax.nn.sigmoid(vcn_net.apply(vcn_vars, f, l, train=False))
+            out = {"vc_generated": vc(fakes["frontal"], fakes["lateral"]), "vc_real": vc(real["frontal"], real["lateral"]),
+                   "vc_mismatched": vc(fakes["frontal"], jnp.roll(fakes["lateral"], 1, axis=0)),
+                   "targets": batch["targets"], "mask": batch["label_mask"]}
+            for v in VIEWS:
+                for kind, images in (("fake", fakes[v]), ("real", real[v])):
+                    logits, feats = classifier.net.apply(cls_vars, images, train=False)
+                    out[f"{kind}_{v}_features"], out[f"{kind}_{v}_probs"] = feats, jax.nn.sigmoid(logits)
+                out[f"fake_{v}"], out[f"real_{v}"] = fakes[v], real[v]
+            return out
+
+        out = predict(fn, state, loader, make_mesh(c.mesh.data), c.eval.batch_size, c.eval.num_examples)
+        n = len(out["targets"])
+        mask = out["mask"] > 0
+        metrics = {"split": c.eval.split, "num_reports": n, "resolution": res,
+                   "vc": {k: float(np.mean(out[f"vc_{k}"])) for k in ("generated", "real", "mismatched")}}
+        for v in VIEWS:
+            if n >= 2:
+                g, r = fid.FeatureStats.from_features(out[f"fake_{v}_features"]), fid.FeatureStats.from_features(out[f"real_{v}_features"])
+                metrics[f"fid_{v}"] = fid.frechet_distance(g.mean, g.cov, r.mean, r.cov)
+                metrics[f"kid_{v}"] = list(fid.kid(out[f"fake_{v}_features"], out[f"real_{v}_features"], num_subsets=20,
+                                                   max_subset_size=max(2, n // 2)))
+            metrics[f"ssim_{v}"] = float(np.mean(ssim(out[f"fake_{v}"], out[f"real_{v}"])))
+        for kind in ("fake", "real"):
+            auroc = multilabel_auroc(out["targets"], out[f"{kind}_frontal_probs"], mask)
+            metrics[f"clinical_auroc_{'generated' if kind == 'fake' else 'real'}_frontal"] = auroc["macro"]
+        protocol = model_protocol(c, "xraygan+classifier_features", cls_state.params, n)
+        write_result_json(os.path.join(workdir, "eval", f"xraygan_{c.eval.split}.json"), metrics, protocol)
+        return metrics
