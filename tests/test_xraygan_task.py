@@ -88,3 +88,33 @@ def test_load_reports_formats_and_errors(tmp_path):
         load_reports(report_file=str(no_cols))
     with pytest.raises(FileNotFoundError, match="missing.txt"):
         load_reports(report_file=str(tmp_path / "missing.txt"))
+
+
+def test_vc_reward_gradients_reach_both_generators_and_leave_the_vcn_alone():
+    import jax.numpy as jnp
+    import optax
+
+    from xray_gen.models.vcn import ViewConsistencyNet
+    from xray_gen.models.xraygan.losses import vc_reward_loss
+    from xray_gen.models.xraygan.networks import XRayGANGenerator
+
+    gen = XRayGANGenerator(base_width=16, stage_width=8, num_stages=1, num_res=1)
+    vcn = ViewConsistencyNet(stage_sizes=(1, 1), widths=(4, 8), small_input=True, embed_dim=8)
+    c = jax.random.normal(jax.random.PRNGKey(0), (2, 16))
+    g_params = gen.init(jax.random.PRNGKey(1), c)
+    x32 = jnp.zeros((2, 32, 32, 1))
+    vcn_vars = vcn.init(jax.random.PRNGKey(2), x32, x32)
+
+    def loss(g_params, vcn_vars):
+        out = gen.apply(g_params, c, stage=0)
+        p = jax.nn.sigmoid(vcn.apply(vcn_vars, out["frontal"][0], out["lateral"][0], train=False))
+        return vc_reward_loss(p)
+
+    g_grads = jax.grad(loss)(g_params, vcn_vars)
+    assert float(optax.tree.norm(g_grads["params"]["frontal"])) > 0
+    assert float(optax.tree.norm(g_grads["params"]["lateral"])) > 0
+    # In the task the VCN's variables are constants of the step (outside every optimised pytree):
+    # its parameters change only if something differentiates with respect to them, which no step does.
+    from xray_gen.models.xraygan.task import XRayGANState
+
+    assert "vcn" not in XRayGANState.__dataclass_fields__
