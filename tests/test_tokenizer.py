@@ -1,6 +1,6 @@
 """Tests for xray_gen.data.tokenizer.ReportTokenizer."""
 
-import pickle
+import copy
 
 import numpy as np
 import pytest
@@ -143,7 +143,7 @@ def test_save_load_identical(tok, tmp_path):
     report = "Nodule measures 2.3 x 1.1 cm. The XXXX are normal. zebra."
     for a, b in zip(tok.encode_hierarchical(report, 4, 12), loaded.encode_hierarchical(report, 4, 12)):
         np.testing.assert_array_equal(a, b)
-    restored = pickle.loads(pickle.dumps(tok))  # transport to pipeline workers
+    restored = copy.deepcopy(tok)  # same __getstate__/__setstate__ path as transport to grain workers
     assert restored.encode(report) == tok.encode(report)
 
 
