@@ -111,3 +111,110 @@ def test_builder_options_are_json_and_lateral_models_require_laterals():
     c.source, c.options = "chestxray14", ""
     with pytest.raises(ValueError, match="frontal images only"):
         pipeline.builder_options(c, ("frontal", "lateral"))
+
+
+# ---- histogram equalisation (data.equalize) --------------------------------------------------
+
+
+def _reference_equalize(image):
+    """The documented formula, pixel by pixel with exact fractions: round((cdf - cdf_min) / (N - cdf_min) * 255)."""
+    from fractions import Fraction
+
+    flat = [int(v) for v in np.asarray(image).ravel()]
+    n, lowest = len(flat), min(flat)
+    cdf_min = flat.count(lowest)
+    if n == cdf_min:
+        return np.asarray(image).copy()
+    out = []
+    for v in flat:
+        x = Fraction(sum(1 for u in flat if u <= v) - cdf_min, n - cdf_min) * 255
+        out.append(int(x + Fraction(1, 2)) if x >= 0 else 0)  # halves up
+    return np.asarray(out, np.uint8).reshape(np.shape(image))
+
+
+def test_equalize_histogram_hand_checked():
+    eq = pipeline.equalize_histogram
+    # h = {10: 1, 20: 2, 30: 1, 40: 1}, N = 5, cdf_min = 1: 20 -> 2/4*255 = 127.5 -> 128, 30 -> 191.25 -> 191
+    np.testing.assert_array_equal(eq(np.array([[10, 20, 20, 30, 40]], np.uint8)), [[0, 128, 128, 191, 255]])
+    # two levels go to the extremes whatever their counts
+    np.testing.assert_array_equal(eq(np.array([[50, 50], [50, 200]], np.uint8)), [[0, 0], [0, 255]])
+    # cdf = 2, 3, 4 at 0, 128, 255 (cdf_min = 2): 128 -> 1/2*255 = 127.5 -> 128 (half up)
+    np.testing.assert_array_equal(eq(np.array([[0, 0], [128, 255]], np.uint8)), [[0, 0], [128, 255]])
+    # already uniform over all 256 levels: identity
+    ramp = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    np.testing.assert_array_equal(eq(ramp), ramp)
+
+
+def test_equalize_histogram_matches_documented_formula_on_random_images():
+    rng = np.random.default_rng(0)
+    for image in (
+        rng.integers(0, 256, (17, 23)).astype(np.uint8),
+        (rng.beta(2, 6, (31, 29)) * 255).astype(np.uint8),  # skewed, with empty bins
+        rng.integers(100, 104, (9, 9)).astype(np.uint8),  # few levels
+    ):
+        np.testing.assert_array_equal(pipeline.equalize_histogram(image), _reference_equalize(image))
+
+
+def test_equalize_histogram_agrees_with_pil_where_definitions_coincide():
+    """PIL.ImageOps.equalize uses the CDF strictly below a level and normalises by N minus the
+    brightest level's count, so it is this mapping mirrored; with N - cdf_min an odd multiple of
+    255 (its integer step is then exact and has no .5 ties) ours(x) == 255 - PIL(255 - x) exactly."""
+    from PIL import Image, ImageOps
+
+    rng = np.random.default_rng(1)
+    step, zeros = 15, 271  # N - cdf_min = 255 * 15
+    for values in (rng.integers(1, 256, 255 * step), np.clip(rng.beta(2, 5, 255 * step) * 255, 1, 255)):
+        flat = np.concatenate([values.astype(np.uint8), np.zeros(zeros, np.uint8)])
+        image = rng.permutation(flat).reshape(64, 64)
+        pil = np.asarray(ImageOps.equalize(Image.fromarray(255 - image)))
+        np.testing.assert_array_equal(pipeline.equalize_histogram(image), 255 - pil)
+
+
+def test_equalize_histogram_constant_monotone_uint8():
+    eq = pipeline.equalize_histogram
+    for level in (0, 77, 255):
+        constant = np.full((8, 8), level, np.uint8)
+        out = eq(constant)
+        assert out.dtype == np.uint8
+        np.testing.assert_array_equal(out, constant)
+    rng = np.random.default_rng(2)
+    image = (rng.beta(5, 2, (40, 40)) * 255).astype(np.uint8)
+    out = eq(image)
+    assert out.dtype == np.uint8 and out.shape == image.shape
+    order = np.argsort(image.ravel(), kind="stable")
+    assert np.all(np.diff(out.ravel()[order].astype(int)) >= 0)  # order preserving
+    assert out.min() == 0 and out.max() == 255
+    with pytest.raises(TypeError, match="uint8"):
+        eq(image.astype(np.float32))
+
+
+def test_model_inputs_equalize_option():
+    ex = pipeline.open_split(_data_config(resolution=48), "train")[0]
+    views = ("frontal", "lateral")
+    default = pipeline.ToModelInputs(views=views, resolution=32).map(ex)
+    off = pipeline.ToModelInputs(views=views, resolution=32, equalize=False).map(ex)
+    on = pipeline.ToModelInputs(views=views, resolution=32, equalize=True).map(ex)
+    for view in views:  # off: exactly the pre-existing path (resize only)
+        before = pipeline._resize(np.asarray(ex[view], np.uint8), 32)[..., None]
+        np.testing.assert_array_equal(default[view], before)
+        np.testing.assert_array_equal(off[view], before)
+        assert on[view].dtype == np.uint8 and on[view].shape == (32, 32, 1)
+        assert not np.array_equal(on[view], before)
+        np.testing.assert_array_equal(on[view][..., 0], pipeline.equalize_histogram(before[..., 0]))
+    assert set(on) == set(off)
+    for key in off.keys() - set(views):
+        np.testing.assert_array_equal(on[key], off[key])
+
+
+def test_model_inputs_from_data_config_reads_data_options():
+    c = _data_config(resolution=48)
+    assert c.equalize is False
+    t = pipeline.ToModelInputs.from_data_config(c, views=("frontal", "lateral"))
+    assert t == pipeline.ToModelInputs(views=("frontal", "lateral"), resolution=48, uncertain_as=1.0, equalize=False)
+    c.equalize, c.uncertain_as = True, 0.0
+    t = pipeline.ToModelInputs.from_data_config(c, resolution=32)
+    assert (t.views, t.resolution, t.uncertain_as, t.equalize) == (("frontal",), 32, 0.0, True)
+    import ml_collections  # a hand-built data config without the new field keeps the old behaviour
+
+    bare = ml_collections.ConfigDict({"resolution": 16})
+    assert pipeline.ToModelInputs.from_data_config(bare).equalize is False

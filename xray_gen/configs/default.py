@@ -25,6 +25,9 @@ def get_default() -> ml_collections.ConfigDict:
     c.data.worker_count = 0  # grain worker processes; >0 moves decoding/phantom generation off the loop
     c.data.prefetch = 2  # batches placed on device ahead of the step
     c.data.uncertain_as = 1.0  # uncertain (-1) labels as positives ('U-Ones')
+    # Global histogram equalisation of every input view (uint8, after resizing to the model's
+    # resolution), as the official XRayGAN code loads images; see pipeline.equalize_histogram.
+    c.data.equalize = False
     c.data.phantom = ml_collections.ConfigDict()
     c.data.phantom.seed = 0
     c.data.phantom.deid_rate = 0.0

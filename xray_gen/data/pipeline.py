@@ -106,6 +106,35 @@ def _resize(image: np.ndarray, resolution: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((resolution, resolution), Image.BILINEAR))
 
 
+def equalize_histogram(image: np.ndarray) -> np.ndarray:
+    """Global histogram equalisation of an 8-bit greyscale image (any shape), as XRayGAN loads images.
+
+    With h the 256-bin histogram, cdf its running sum, N the pixel count and cdf_min = cdf at the
+    darkest level present, level v maps to
+
+        round((cdf[v] - cdf_min) / (N - cdf_min) * 255)      (exact integer arithmetic, halves up)
+
+    so the darkest level present becomes 0, the brightest 255, and order is preserved. This is the
+    textbook definition used by `cv2.equalizeHist` (the official XRayGAN code); OpenCV computes it
+    in float32, so it can differ by 1 on exact .5 ties. `PIL.ImageOps.equalize` differs on purpose:
+    it uses the CDF *below* v and normalises by N - (count of the brightest level), i.e. it is this
+    mapping mirrored (PIL(x) == 255 - ours(255 - x) when N - cdf_min is an odd multiple of 255).
+    A constant image (one level) is returned unchanged, as OpenCV and PIL do.
+    """
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise TypeError(f"histogram equalisation expects a uint8 image, got {image.dtype}")
+    hist = np.bincount(image.ravel(), minlength=256).astype(np.int64)
+    cdf = np.cumsum(hist)
+    n = int(cdf[-1])
+    cdf_min = int(hist[np.flatnonzero(hist)[0]]) if n else 0
+    denom = n - cdf_min
+    if denom == 0:  # empty or constant image
+        return image.copy()
+    lut = ((cdf - cdf_min) * 510 + denom) // (2 * denom)  # round half up, exactly
+    return np.clip(lut, 0, 255).astype(np.uint8)[image]
+
+
 def patient_hash(patient_id: str) -> np.int32:
     """Stable 31-bit id, so in-batch negatives can avoid pairing a patient with themself."""
     return np.int32(zlib.crc32(patient_id.encode("utf-8")) & 0x7FFFFFFF)
@@ -117,11 +146,31 @@ class ToModelInputs(grain.transforms.Map):
 
     Outputs `<view>`: uint8 (R, R, 1) for each requested view, `labels` raw (14,) with NaN,
     `targets`/`label_mask` for classifier training, and `patient` (hash) for pairing logic.
+
+    `equalize` (config `data.equalize`) applies `equalize_histogram` to each view *after* resizing
+    to R, as the official XRayGAN code does (Rescale, then Equalize): the model then sees an exactly
+    equalised image at its own resolution, whereas equalising first and then resampling bilinearly
+    would blend levels and undo part of it. It is also cheaper (R*R pixels, not the stored size).
     """
 
     views: Sequence[str] = ("frontal",)
     resolution: int = 64
     uncertain_as: float = 1.0
+    equalize: bool = False
+
+    @classmethod
+    def from_data_config(cls, data_config, views: Sequence[str] = ("frontal",), resolution: int | None = None,
+                         **overrides) -> "ToModelInputs":
+        """The transform with the data options of `data_config` (resolution unless given,
+        `uncertain_as`, `equalize`); configs lacking a field (hand-built) get its default."""
+        kwargs = dict(
+            views=tuple(views),
+            resolution=int(data_config.resolution if resolution is None else resolution),
+            uncertain_as=float(data_config.get("uncertain_as", cls.uncertain_as)),
+            equalize=bool(data_config.get("equalize", cls.equalize)),
+        )
+        kwargs.update(overrides)
+        return cls(**kwargs)
 
     def map(self, ex: dict[str, Any]) -> dict[str, np.ndarray]:
         out = {}
@@ -131,7 +180,10 @@ class ToModelInputs(grain.transforms.Map):
                 image = image[..., 0]
             if not ex.get(f"has_{view}", True) or image.size == 0:
                 raise ValueError(f"study {ex.get('study_id')!r} has no {view} image but the model needs it")
-            out[view] = _resize(image, self.resolution)[..., None]
+            image = _resize(image, self.resolution)
+            if self.equalize:
+                image = equalize_histogram(image)
+            out[view] = image[..., None]
         labels = np.asarray(ex["labels"], np.float32)
         targets, mask = binarize(labels, self.uncertain_as)
         out.update(labels=labels, targets=targets, label_mask=mask, patient=patient_hash(str(ex["patient_id"])))
