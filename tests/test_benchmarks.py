@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # `benchmarks/` is a directory of scripts next to the package, not installed
     sys.path.insert(0, ROOT)
 
-from benchmarks import common, pipeline_throughput, train_step  # noqa: E402
+from benchmarks import common, pipeline_throughput, train_step, xraygan  # noqa: E402
 
 
 def _load(path):
@@ -89,3 +89,17 @@ def test_pipeline_throughput_quick(tmp_path):
         assert row["batch"] == 8 and row["workers"] == 0
         _positive(row, ["batches_per_s", "studies_per_s", "images_per_s", "ms_per_study", "startup_s", "batch_mb"])
         assert row["studies_per_s"] == pytest.approx(row["batches_per_s"] * row["batch"])
+
+
+def test_xraygan_quick(tmp_path):
+    payload = _load(xraygan.main(["--quick", "--out", str(tmp_path / "xraygan.json")]))
+    (row,) = payload["results"]  # --quick: the smoke variant's last phase (GAN at 64 px, VCN reward)
+    assert (row["variant"], row["kind"], row["resolution"], row["label"]) == ("smoke", "gan", 64, "gan_64")
+    _positive(row, ["lower_s", "compile_s", "compile_total_s", "step_ms_median", "steps_per_s", "images_per_s",
+                    "gflops_per_step", "achieved_gflops_s", "footprint_mb", "temp_memory_mb"])
+    assert row["images_per_s"] == pytest.approx(row["steps_per_s"] * row["batch"] * 2)
+    assert row["timed_steps"] == 2
+    assert math.isfinite(row["g_loss"]) and math.isfinite(row["d_loss"])
+    sampling = payload["sampling"]
+    assert sampling["reports"] == 1 and sampling["resolution"] == 64
+    _positive(sampling, ["latency_ms_median", "compile_total_s", "reports_per_s"])
