@@ -236,3 +236,13 @@ def test_frontal_only_phantom_draws_the_same_frontal_report_and_labels():
         np.testing.assert_array_equal(a.frontal, b.frontal)
         np.testing.assert_array_equal(a.labels, b.labels)
         assert a.report == b.report and b.lateral is None and a.lateral is not None
+
+
+def test_report_without_images_equals_the_studys_report():
+    from xray_gen.data.phantom import Phantom
+
+    phantom = Phantom(resolution=32, seed=3, deid_rate=0.3)
+    for split in ("train", "test"):
+        for i in range(25):
+            study = phantom.study(i, split)
+            assert phantom.report(i, split) == (study.findings, study.impression)

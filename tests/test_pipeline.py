@@ -218,3 +218,29 @@ def test_model_inputs_from_data_config_reads_data_options():
 
     bare = ml_collections.ConfigDict({"resolution": 16})
     assert pipeline.ToModelInputs.from_data_config(bare).equalize is False
+
+
+def test_memoized_phantom_source_matches_rendering_and_shares_entries():
+    from xray_gen.data import pipeline
+
+    pipeline._PHANTOM_MEMO.clear()
+    plain = pipeline.PhantomSource("train", 4, 32, seed=5)
+    memo = pipeline.PhantomSource("train", 4, 32, seed=5, memoize=True)
+    frontal_only = pipeline.PhantomSource("train", 4, 32, seed=5, lateral=False, memoize=True)
+    frontal_only_plain = pipeline.PhantomSource("train", 4, 32, seed=5, lateral=False)
+
+    def same(a, b):
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=k)
+
+    for i in range(4):
+        same(memo[i], plain[i])
+    assert len(pipeline._PHANTOM_MEMO) == 4
+    first = memo[1]
+    first["frontal"] = None  # callers may rebind keys of what they get: the memo is unaffected
+    same(memo[1], plain[1])
+    for i in range(4):  # served from the frontal+lateral entries, shaped like a frontal-only render
+        same(frontal_only[i], frontal_only_plain[i])
+    assert len(pipeline._PHANTOM_MEMO) == 4
+    pipeline._PHANTOM_MEMO.clear()

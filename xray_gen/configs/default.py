@@ -34,6 +34,7 @@ def get_default() -> ml_collections.ConfigDict:
     c.data.phantom.train_size = 100_000
     c.data.phantom.validation_size = 2_000
     c.data.phantom.test_size = 2_000
+    c.data.phantom.memoize = False  # keep rendered studies in memory (small sizes, worker_count=0)
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 32  # global batch, over all devices and processes

@@ -22,15 +22,27 @@ SOURCES = ("phantom", "openi", "mimic_cxr", "chestxray14", "chexpert")
 SPLITS = ("train", "validation", "test")
 
 
+# Rendered phantom studies kept by sources with `memoize=True`, shared by every source in the
+# process: (split, resolution, seed, deid_rate, lateral, index) -> example.
+_PHANTOM_MEMO: dict[tuple, dict[str, Any]] = {}
+
+
 class PhantomSource:
-    """Random-access view of `size` phantom studies of one split (as `Study.to_example()` dicts)."""
+    """Random-access view of `size` phantom studies of one split (as `Study.to_example()` dicts).
+
+    `memoize=True` keeps each study once rendered, for every later epoch and every later run in
+    this process (XRayGAN's VCNs, classifier and GAN read the same studies): ~8 KB per study at
+    64 px, ~130 KB at 256 px, so meant for small `size`. The memo lives in the process that reads,
+    i.e. use it with `data.worker_count=0`. A frontal-only source reuses frontal+lateral entries
+    (the frontal does not depend on whether the lateral was rendered).
+    """
 
     def __init__(self, split: str, size: int, resolution: int, seed: int = 0, deid_rate: float = 0.0,
-                 lateral: bool = True):
+                 lateral: bool = True, memoize: bool = False):
         from xray_gen.data.phantom import Phantom  # the phantom is heavy to import only when used
 
         self._args = (split, size, resolution, seed, deid_rate, lateral)
-        self.split, self.size = split, int(size)
+        self.split, self.size, self.memoize = split, int(size), bool(memoize)
         self.phantom = Phantom(resolution=resolution, seed=seed, deid_rate=deid_rate, lateral=lateral)
 
     def __len__(self) -> int:
@@ -39,7 +51,23 @@ class PhantomSource:
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < self.size:
             raise IndexError(f"phantom {self.split} index {index} out of range [0, {self.size})")
-        return self.phantom.study(int(index), split=self.split).to_example()
+        if not self.memoize:
+            return self.phantom.study(int(index), split=self.split).to_example()
+        split, _, resolution, seed, deid_rate, lateral = self._args
+        key = (split, resolution, seed, deid_rate, True, int(index))
+        example = _PHANTOM_MEMO.get(key)
+        if example is None and not lateral:
+            key = key[:4] + (False, int(index))
+            example = _PHANTOM_MEMO.get(key)
+        if example is None:
+            example = _PHANTOM_MEMO[key] = self.phantom.study(int(index), split=self.split).to_example()
+        if not lateral and example["has_lateral"]:  # as a frontal-only phantom writes it
+            example = {**example, "lateral": np.zeros((0, 0), np.uint8), "has_lateral": False, "lateral_view": ""}
+        return dict(example)
+
+    def report(self, index: int) -> tuple[str, str]:
+        """(findings, impression) of study `index`, without rendering its images."""
+        return self.phantom.report(int(index), split=self.split)
 
     def __repr__(self) -> str:  # stable: grain stores it in iterator checkpoints
         return "PhantomSource(split={!r}, size={}, resolution={}, seed={}, deid_rate={}, lateral={})".format(*self._args)
@@ -62,6 +90,7 @@ def open_split(data_config, split: str, views: Sequence[str] = ("frontal", "late
             seed=data_config.phantom.seed,
             deid_rate=data_config.phantom.deid_rate,
             lateral="lateral" in views,
+            memoize=data_config.phantom.get("memoize", False),
         )
     if name not in SOURCES:
         raise ValueError(f"unknown data.source {name!r}; valid: {', '.join(SOURCES)}")
@@ -244,6 +273,7 @@ def workdir_tokenizer(workdir: str, data_config, vocab_size: int, max_studies: i
     trained on the *training split only* (at most `max_studies` studies) and saved there.
     """
     import os
+    import types
 
     import jax
 
@@ -254,8 +284,13 @@ def workdir_tokenizer(workdir: str, data_config, vocab_size: int, max_studies: i
     if os.path.exists(path):
         return ReportTokenizer.load(path)
     source = open_split(data_config, "train")
-    studies = (Study.from_example(source[i]) for i in range(min(len(source), max_studies)))
-    tokenizer = train_on_studies(studies, vocab_size=vocab_size)
+
+    def report_only(i):  # the phantom can write a report without rendering its images
+        findings, impression = source.report(i)
+        return types.SimpleNamespace(findings=findings, impression=impression)
+
+    read = report_only if hasattr(source, "report") else lambda i: Study.from_example(source[i])
+    tokenizer = train_on_studies((read(i) for i in range(min(len(source), max_studies))), vocab_size=vocab_size)
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         tokenizer.save(path)

@@ -80,7 +80,7 @@ class ClassifierTask(loop.Task):
     # ---- data -------------------------------------------------------------------------------
     def transform(self):
         """Study example -> model inputs (public so benchmarks feed the exact pipeline features)."""
-        return ToModelInputs(views=("frontal",), resolution=self.config.data.resolution, uncertain_as=self.config.data.uncertain_as)
+        return ToModelInputs.from_data_config(self.config.data, views=("frontal",))
 
     def train_loader(self):
         c = self.config

@@ -99,7 +99,7 @@ class VCNTask(loop.Task):
 
     def transform(self):
         """Study example -> model inputs (public so benchmarks feed the exact pipeline features)."""
-        return ToModelInputs(views=("frontal", "lateral"), resolution=self.config.data.resolution)
+        return ToModelInputs.from_data_config(self.config.data, views=("frontal", "lateral"))
 
     def train_loader(self):
         c = self.config

@@ -72,6 +72,15 @@ class Phantom:
         return self._make(index, split, patient, findings.requested_truth(dict(values), rt, patient),
                           rb, rf, rx)
 
+    def report(self, index: int, split: str = "train") -> tuple[str, str]:
+        """(findings, impression) of `study(index, split)` without rendering its images: the report
+        depends only on the patient, the findings and its own random stream (cheap vocabulary
+        training)."""
+        rp, rt, _, _, rx = self._rngs(index, split)
+        patient = anatomy.sample_patient(rp)
+        text, impression, _ = report.write(findings.sample_truth(rt, patient), patient, rx, self.deid_rate)
+        return text, impression
+
     def _make(self, index, split, patient, truth, rb, rf, rx) -> Study:
         anat = anatomy.make_anatomy(patient)
         findings.apply_before(truth, anat, rb)

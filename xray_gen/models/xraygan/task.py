@@ -89,10 +89,16 @@ class XRayGANTask(loop.Task):
         c, x = self.config, self.config.xraygan
         transforms = [
             ReportInputs(self.tokenizer, x.max_sentences, x.max_words),
-            ToModelInputs(views=VIEWS, resolution=stage_resolution(stage)),
+            ToModelInputs.from_data_config(c.data, views=VIEWS, resolution=stage_resolution(stage)),
         ]
         return make_loader(open_split(c.data, "train"), transforms, x.batch_sizes[stage], seed=c.seed + phase,
                            worker_count=c.data.worker_count)
+
+    def enter_phase(self, state: XRayGANState, phase: int) -> XRayGANState:
+        """Fresh Adam moments for every stage (as a new optimiser per stage would be): the new
+        stage's critic then starts with Adam's bias-corrected first steps instead of a ~3x larger
+        one, and the previous stage's critic, no longer trained, stops drifting on old momentum."""
+        return state.replace(g_opt=self.tx.init(state.g_params), d_opt=self.tx.init(state.d_params))
 
     # ---- frozen view-consistency networks ----------------------------------------------------
     def vcn_config(self, resolution: int) -> ml_collections.ConfigDict:
@@ -186,7 +192,11 @@ class XRayGANTask(loop.Task):
         _, stage, _ = self.phases[phase]
         start = int(self.boundaries[phase - 1]) if phase > 0 else 0
         lr = jnp.float32(x.learning_rates[stage])
-        if x.lr_decay_every > 0:
+        if x.lr_milestones:  # fractions of the phase (official: MultiStepLR at epochs 45/70/90)
+            n = self.phases[phase][2]
+            passed = sum((step - start) >= int(round(f * n)) for f in x.lr_milestones)
+            lr = lr * jnp.float32(x.lr_decay) ** passed
+        elif x.lr_decay_every > 0:
             lr = lr * x.lr_decay ** ((step - start) // x.lr_decay_every)
         return lr
 
@@ -203,16 +213,18 @@ class XRayGANTask(loop.Task):
             lr = self._lr(state.step, phase)
             metrics = {"learning_rate": lr}
             d_params, d_opt = state.d_params, state.d_opt
-            if kind == "gan":  # critic update on detached fakes
-                c, fakes = self._generate(state.g_params, batch, k_z, stage)
-                c, fakes = jax.lax.stop_gradient(c), jax.lax.stop_gradient(fakes)
-
+            # One generator forward serves both updates: the critic trains on its (detached)
+            # output, and the generator's gradient is pulled back through the saved VJP.
+            (c, fakes), generate_vjp = jax.vjp(lambda gp_: self._generate(gp_, batch, k_z, stage), state.g_params)
+            c_fixed, fakes_fixed = jax.lax.stop_gradient(c), jax.lax.stop_gradient(fakes)
+            if kind == "gan":
                 def d_loss_fn(dp):
                     total = 0.0
                     for i, v in enumerate(VIEWS):
-                        critic = lambda img, v=v: self.critic.apply(dp[f"{v}_{stage}"], img, c)
-                        gap = losses.wgan_d_loss(critic(real[v]), critic(fakes[v]))
-                        gp = losses.gradient_penalty(critic, real[v], fakes[v], jax.random.fold_in(k_gp, i), x.gp_weight)
+                        critic = lambda img, v=v: self.critic.apply(dp[f"{v}_{stage}"], img, c_fixed)
+                        gap = losses.wgan_d_loss(critic(real[v]), critic(fakes_fixed[v]))
+                        gp = losses.gradient_penalty(critic, real[v], fakes_fixed[v], jax.random.fold_in(k_gp, i),
+                                                     x.gp_weight)
                         total = total + gap + gp
                     return total
 
@@ -221,22 +233,24 @@ class XRayGANTask(loop.Task):
                 d_params = jax.tree.map(lambda p, u: p - lr * u, d_params, d_updates)
                 metrics["d_loss"] = d_loss
 
-            def g_loss_fn(gp_):
-                c, fakes = self._generate(gp_, batch, k_z, stage)
+            def g_loss_fn(fakes):
                 if kind == "warmup":
                     pixel = sum(losses.pixel_l2(fakes[v], real[v]) for v in VIEWS)
                     return x.pixel_weight * pixel, {"pixel": pixel}
-                scores = [self.critic.apply(d_params[f"{v}_{stage}"], fakes[v], c) for v in VIEWS]
+                # The critics (just updated) see the condition as a constant: otherwise the encoder
+                # could raise D(fake, c) through the critic's text pathway (which the gradient
+                # penalty, taken w.r.t. the image only, does not bound) instead of through images.
+                scores = [self.critic.apply(d_params[f"{v}_{stage}"], fakes[v], c_fixed) for v in VIEWS]
                 p_same = None
                 if use_vcn:
                     p_same = jax.nn.sigmoid(vcn_net.apply(vcn_vars, fakes["frontal"], fakes["lateral"], train=False))
-                total, terms = losses.generator_objective(
+                return losses.generator_objective(
                     scores, [fakes[v] for v in VIEWS], [real[v] for v in VIEWS], p_same,
                     adv_weight=x.adv_weight, pixel_weight=x.pixel_weight, vc_weight=x.vc_weight, vc_form=x.vc_form,
                 )
-                return total, terms
 
-            (g_loss, terms), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state.g_params)
+            (g_loss, terms), d_fakes = jax.value_and_grad(g_loss_fn, has_aux=True)(fakes)
+            (g_grads,) = generate_vjp((jnp.zeros_like(c), d_fakes))  # the loss reaches c only through the images
             g_updates, g_opt = self.tx.update(g_grads, state.g_opt, state.g_params)
             g_params = jax.tree.map(lambda p, u: p - lr * u, state.g_params, g_updates)
             metrics.update({"g_loss": g_loss, **{f"g_{k}": v for k, v in terms.items()}})
@@ -328,7 +342,7 @@ class XRayGANTask(loop.Task):
         c, x = self.config, self.config.xraygan
         last = x.num_stages - 1
         res = stage_resolution(last)
-        transforms = [ReportInputs(self.tokenizer, x.max_sentences, x.max_words), ToModelInputs(views=VIEWS, resolution=res)]
+        transforms = [ReportInputs(self.tokenizer, x.max_sentences, x.max_words), ToModelInputs.from_data_config(c.data, views=VIEWS, resolution=res)]
         loader = make_loader(open_split(c.data, c.eval.split), transforms, c.eval.batch_size, seed=c.seed,
                              shuffle=False, num_epochs=1, drop_remainder=False)
         vcn_net, vcn_vars = self.vcn(last)
