@@ -118,3 +118,51 @@ def test_vc_reward_gradients_reach_both_generators_and_leave_the_vcn_alone():
     from xray_gen.models.xraygan.task import XRayGANState
 
     assert "vcn" not in XRayGANState.__dataclass_fields__
+
+
+def test_inception_metrics_split_pool_and_logits(monkeypatch):
+    """One extractor pass per image: the first 2048 columns feed FID, the remaining 1008 the IS."""
+    from xray_gen.evaluation import features, fid
+    from xray_gen.evaluation.metrics import inception_score
+    from xray_gen.models.xraygan import task as task_module
+
+    rng = np.random.default_rng(0)
+    proj = rng.normal(size=(16, 2048 + 1008))
+
+    def fake_extractor(path, output):
+        assert (path, output) == ("w.safetensors", "pool+logits")
+        return _Fake()
+
+    class _Fake:
+        name, weights_checksum, resize_policy, grey_rule = "inception_v3_fid_pool+logits", "abc", "r", "g"
+
+        def __call__(self, images):
+            return np.asarray(images).reshape(len(images), -1)[:, :16] @ proj
+
+    monkeypatch.setattr(features, "inception_extractor", fake_extractor)
+    out = {f"{k}_{v}": rng.uniform(-1, 1, size=(12, 4, 4, 1)) for k in ("fake", "real") for v in ("frontal", "lateral")}
+    m = task_module.inception_metrics("w.safetensors", out, 12)
+    assert m["inception"]["weights_checksum"] == "abc"
+    f = _Fake()(out["fake_lateral"])
+    r = _Fake()(out["real_lateral"])
+    g, rs = fid.FeatureStats.from_features(f[:, :2048]), fid.FeatureStats.from_features(r[:, :2048])
+    assert m["inception_fid_lateral"] == fid.frechet_distance(g.mean, g.cov, rs.mean, rs.cov)
+    assert m["inception_is_lateral"] == list(inception_score(f[:, 2048:], splits=10, from_logits=True))
+    assert m["inception_is_frontal"] != m["inception_is_real_frontal"]
+
+
+def test_learning_rate_milestones_and_step_decay_per_stage():
+    from xray_gen.models.xraygan.task import XRayGANTask
+
+    task = XRayGANTask.__new__(XRayGANTask)
+    task.phases = [("gan", 0, 100), ("gan", 1, 100)]
+    task.boundaries = np.cumsum([100, 100])
+    task.config = xraygan_config.get_config("official")  # x0.2 at 45/70/90 % of each stage
+    lr = lambda step, phase: float(task._lr(step, phase))
+    np.testing.assert_allclose([lr(s, 0) for s in (0, 44, 45, 69, 70, 90, 99)],
+                               3e-4 * np.array([1, 1, 0.2, 0.2, 0.04, 0.008, 0.008]), rtol=1e-6)
+    np.testing.assert_allclose([lr(100, 1), lr(145, 1)], [3e-4, 3e-4 * 0.2], rtol=1e-6)  # restarts per stage
+    task.config = xraygan_config.get_config("")  # paper: x0.2 every lr_decay_every steps
+    every = task.config.xraygan.lr_decay_every
+    task.phases = [("gan", 2, 3 * every)]
+    np.testing.assert_allclose([lr(0, 0), lr(every, 0), lr(2 * every + 1, 0)], 2e-4 * np.array([1, 0.2, 0.04]), rtol=1e-6)

@@ -49,6 +49,7 @@ def get_default() -> ml_collections.ConfigDict:
     c.eval.split = "validation"
     c.eval.batch_size = 64
     c.eval.num_examples = 2_000  # capped at the split's size
+    c.eval.inception_weights = ""  # converted Inception-v3 (weights_import): adds Inception FID and IS
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # data-parallel devices (-1: all)

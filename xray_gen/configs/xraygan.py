@@ -43,6 +43,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     x.vcn_steps = 1_500
     x.classifier_variant = "cpu"  # the evaluation classifier, trained once at the final resolution
     x.classifier_steps = 2_000
+    # Directory holding vcn_<res>/ and classifier_<res>/ ('' = the workdir). Point the ablation
+    # runs at one (trained by the first run) so all use the same VCN reward and FID extractor.
+    x.prepared_dir = ""
     x.vocab_size = 1_000
     x.max_sentences = 8
     x.max_words = 24

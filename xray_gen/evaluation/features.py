@@ -150,18 +150,23 @@ def _resize_policy(size: Optional[Tuple[int, int]], antialias: bool) -> str:
 
 def inception_extractor(weights_path: str, output: str = "pool", batch_size: Optional[int] = 50,
                         antialias: bool = False) -> FeatureExtractor:
-    """FID Inception-v3 (pool3 2048-d, or the 1008 ``logits`` for the Inception Score)."""
+    """FID Inception-v3: pool3 2048-d (``pool``), the 1008 ``logits`` for the Inception Score, or
+    ``pool+logits`` concatenated (N, 2048 + 1008) so one pass gives both."""
     from xray_gen.evaluation import weights_import
     from xray_gen.nn.inception import INPUT_SIZE, FIDInceptionV3
 
-    if output not in ("pool", "logits"):
-        raise ValueError(f"output must be 'pool' or 'logits', got {output!r}")
+    if output not in ("pool", "logits", "pool+logits"):
+        raise ValueError(f"output must be 'pool', 'logits' or 'pool+logits', got {output!r}")
     variables = weights_import.load_inception_params(weights_path)
     info = weights_import.inception_weights_info(weights_path)
     model = FIDInceptionV3()
 
     def apply_fn(v, x):
-        return model.apply(v, x)[output]
+        out = model.apply(v, x)
+        if output == "pool+logits":
+            flat = lambda a: a.reshape(a.shape[0], -1)
+            return jnp.concatenate([flat(out["pool"]), flat(out["logits"])], axis=-1)
+        return out[output]
 
     size = (INPUT_SIZE, INPUT_SIZE)
     fn = make_feature_fn(apply_fn, variables, size, True, batch_size=batch_size,

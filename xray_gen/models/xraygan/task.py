@@ -136,11 +136,16 @@ class XRayGANTask(loop.Task):
         cc = self.classifier_config()
         loop.train(ClassifierTask(cc), cc, self.classifier_dir())
 
+    def _prepared_root(self) -> str:
+        """Where the frozen VCNs and the evaluation classifier live: `xraygan.prepared_dir` lets
+        ablation runs share one set (same reward, same FID extractor), else the run's workdir."""
+        return self.config.xraygan.get("prepared_dir") or self.workdir
+
     def classifier_dir(self) -> str:
-        return os.path.join(self.workdir, f"classifier_{self.config.data.resolution}")
+        return os.path.join(self._prepared_root(), f"classifier_{self.config.data.resolution}")
 
     def vcn_dir(self, resolution: int) -> str:
-        return os.path.join(self.workdir, f"vcn_{resolution}")
+        return os.path.join(self._prepared_root(), f"vcn_{resolution}")
 
     def vcn(self, stage: int):
         """(net, frozen variables) of the stage's VCN, loaded from its workdir."""
@@ -380,6 +385,29 @@ class XRayGANTask(loop.Task):
         for kind in ("fake", "real"):
             auroc = multilabel_auroc(out["targets"], out[f"{kind}_frontal_probs"], mask)
             metrics[f"clinical_auroc_{'generated' if kind == 'fake' else 'real'}_frontal"] = auroc["macro"]
+        if c.eval.get("inception_weights") and n >= 2:
+            metrics.update(inception_metrics(c.eval.inception_weights, out, n))
         protocol = model_protocol(c, "xraygan+classifier_features", cls_state.params, n)
         write_result_json(os.path.join(workdir, "eval", f"xraygan_{c.eval.split}.json"), metrics, protocol)
         return metrics
+
+
+def inception_metrics(weights_path: str, out: dict, n: int) -> dict:
+    """Inception-v3 FID (pool3) and Inception Score (logits; generated and real) per view, from the
+    user's converted weights; one forward pass per image gives both."""
+    from xray_gen.evaluation import fid
+    from xray_gen.evaluation.features import inception_extractor
+    from xray_gen.evaluation.metrics import inception_score
+
+    extractor = inception_extractor(weights_path, output="pool+logits")
+    metrics = {"inception": {"extractor": extractor.name, "weights_checksum": extractor.weights_checksum,
+                             "resize_policy": extractor.resize_policy, "grey_to_rgb": extractor.grey_rule}}
+    splits = min(10, n)
+    for v in VIEWS:
+        fake, real = extractor(out[f"fake_{v}"]), extractor(out[f"real_{v}"])
+        g = fid.FeatureStats.from_features(fake[:, :2048])
+        r = fid.FeatureStats.from_features(real[:, :2048])
+        metrics[f"inception_fid_{v}"] = fid.frechet_distance(g.mean, g.cov, r.mean, r.cov)
+        metrics[f"inception_is_{v}"] = list(inception_score(fake[:, 2048:], splits=splits, from_logits=True))
+        metrics[f"inception_is_real_{v}"] = list(inception_score(real[:, 2048:], splits=splits, from_logits=True))
+    return metrics
