@@ -135,3 +135,15 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
     params = jax.eval_shape(g.init, _key(9), c)
     assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(params))
     assert jax.eval_shape(g.apply, params, c)[-1].dtype == jnp.float32
+
+
+def test_icnr_init_makes_the_pixel_shuffle_start_as_nearest_upsampling():
+    import flax.linen as nn
+
+    from xray_gen.models.xraygan.networks import _pixel_shuffle, icnr_init
+
+    conv = nn.Conv(4 * 3, (3, 3), padding="SAME", kernel_init=icnr_init())
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 5, 6))
+    y = _pixel_shuffle(conv.apply(conv.init(jax.random.PRNGKey(1), x), x), 2)  # (2, 10, 10, 3)
+    np.testing.assert_allclose(y, jnp.repeat(jnp.repeat(y[:, ::2, ::2], 2, axis=1), 2, axis=2), atol=1e-6)
+    assert float(jnp.std(y)) > 0.1

@@ -50,6 +50,20 @@ def _pixel_shuffle(x, r=2):
     return x.reshape(b, h * r, w * r, c)
 
 
+def icnr_init(base_init=nn.initializers.lecun_normal(), r: int = 2):
+    """ICNR (Aitken et al. 2017) for a conv feeding `_pixel_shuffle(r)`: the r*r sub-pixel groups of
+    output channels start as copies, so the shuffled output starts as a nearest-neighbour upsampling
+    of one conv instead of a checkerboard of r*r independent ones."""
+
+    def init(key, shape, dtype=jnp.float32):
+        if shape[-1] % (r * r):
+            raise ValueError(f"ICNR needs output channels divisible by {r * r}, got {shape[-1]}")
+        kernel = base_init(key, shape[:-1] + (shape[-1] // (r * r),), dtype)
+        return jnp.tile(kernel, (1,) * (len(shape) - 1) + (r * r,))  # channel (i*r + j)*C + c
+
+    return init
+
+
 class _Norm(nn.Module):
     kind: str = "layer"
     dtype: Dtype = jnp.float32
@@ -124,7 +138,7 @@ class _StageTrunk(nn.Module):
         h = h0
         for _ in range(self.num_res):
             h = _ResBlock(self.norm, self.dtype)(h)
-        h = _conv(4 * self.width, self.dtype)(h + h0)
+        h = nn.Conv(4 * self.width, (3, 3), padding="SAME", dtype=self.dtype, kernel_init=icnr_init())(h + h0)
         return nn.leaky_relu(_pixel_shuffle(h, 2), 0.2)
 
 
