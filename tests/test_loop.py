@@ -182,3 +182,17 @@ def test_phases_switch_once_and_resume_in_the_right_phase(tmp_path, stop_at):
     resumed = loop.train(resumed_task, _config(), str(tmp_path / "split"))
     np.testing.assert_array_equal(np.asarray(full.w), np.asarray(resumed.w))
     assert resumed_task.entered == ([1] if stop_at <= 4 else [])
+
+
+def test_atomic_open_gives_plain_open_permissions(tmp_path):
+    import os
+    import stat
+
+    from xray_gen.files import atomic_open
+
+    with atomic_open(str(tmp_path / "a.json")) as f:
+        f.write("{}")
+    with open(tmp_path / "b.json", "w") as f:
+        f.write("{}")
+    mode = lambda name: stat.S_IMODE(os.stat(tmp_path / name).st_mode)
+    assert mode("a.json") == mode("b.json")

@@ -54,6 +54,9 @@ def test_smoke_training_runs_all_phases_with_frozen_vcns(tmp_path):
     for view in ("frontal", "lateral"):
         assert result[f"fid_{view}"] >= 0.0 and -1.0 <= result[f"ssim_{view}"] <= 1.0
     assert os.path.exists(os.path.join(workdir, "eval", "xraygan_validation.json"))
+    page = open(os.path.join(workdir, "eval", "xraygan_validation.html")).read()
+    assert page.count("data:image/png;base64,") >= 4 * config.sample.num_reports  # generated + real pairs
+    assert "clinical AUROC, generated frontals" in page and "IMPRESSION:" in page
 
 
 def test_stage_boundaries_and_resolutions():

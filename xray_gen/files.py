@@ -9,13 +9,20 @@ import tempfile
 
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "w", suffix: str = ".tmp"):
-    """Open a temporary file beside `path`; on success rename it over `path`, on error delete it."""
+    """Open a temporary file beside `path`; on success rename it over `path`, on error delete it.
+
+    The result gets the permissions a plain `open` would give (mkstemp's are 0600), so results
+    written for sharing are readable by others as usual.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=suffix)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

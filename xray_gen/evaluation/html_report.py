@@ -61,7 +61,8 @@ dt{font-weight:600}
 dd{margin:0;word-break:break-all}
 nav ul{columns:3;font-size:.92em}
 .samples{display:flex;flex-wrap:wrap;gap:1.2em}
-.sample{border:1px solid #ddd;border-radius:4px;padding:.5em;max-width:560px}
+.sample{border:1px solid #ddd;border-radius:4px;padding:.5em;max-width:100%}
+.sample .report{max-width:1060px}
 .views{display:flex;gap:.5em}
 figure{margin:0;text-align:center}
 figcaption{font-size:.85em;color:#444;word-break:break-word;max-width:256px}
@@ -558,9 +559,6 @@ def write_html_report(path: str, result: dict, *, title: str = "xray_gen evaluat
                        histograms=histograms, per_class=per_class, curves=curves)
     with atomic_open(path, "wb", suffix=".html.tmp") as f:
         f.write(text.encode("utf-8"))
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)  # mkstemp's 0600 -> the usual permissions of a shareable report
     return path
 
 

@@ -24,6 +24,7 @@ from absl import logging
 
 from xray_gen.data import augment as aug
 from xray_gen.data.pipeline import ReportInputs, ToModelInputs, make_loader, open_split, workdir_tokenizer
+from xray_gen.data.schema import CHEXPERT_LABELS
 from xray_gen.models.xraygan import losses
 from xray_gen.models.xraygan.networks import OneShotGenerator, PatchDiscriminator, XRayGANGenerator
 from xray_gen.nn.text import FlatReportEncoder, HierarchicalReportEncoder
@@ -382,14 +383,39 @@ class XRayGANTask(loop.Task):
                 metrics[f"kid_{v}"] = list(fid.kid(out[f"fake_{v}_features"], out[f"real_{v}_features"], num_subsets=20,
                                                    max_subset_size=max(2, n // 2)))
             metrics[f"ssim_{v}"] = float(np.mean(ssim(out[f"fake_{v}"], out[f"real_{v}"])))
+        per_class = {}
         for kind in ("fake", "real"):
-            auroc = multilabel_auroc(out["targets"], out[f"{kind}_frontal_probs"], mask)
-            metrics[f"clinical_auroc_{'generated' if kind == 'fake' else 'real'}_frontal"] = auroc["macro"]
+            name = "generated" if kind == "fake" else "real"
+            auroc = multilabel_auroc(out["targets"], out[f"{kind}_frontal_probs"], mask, class_names=CHEXPERT_LABELS)
+            metrics[f"clinical_auroc_{name}_frontal"] = auroc.pop("macro")
+            per_class[f"clinical AUROC, {name} frontals"] = auroc
         if c.eval.get("inception_weights") and n >= 2:
             metrics.update(inception_metrics(c.eval.inception_weights, out, n))
         protocol = model_protocol(c, "xraygan+classifier_features", cls_state.params, n)
-        write_result_json(os.path.join(workdir, "eval", f"xraygan_{c.eval.split}.json"), metrics, protocol)
+        result = write_result_json(os.path.join(workdir, "eval", f"xraygan_{c.eval.split}.json"), metrics, protocol)
+        self._write_html(os.path.join(workdir, "eval", f"xraygan_{c.eval.split}.html"), result, out, per_class, workdir)
         return metrics
+
+    def _write_html(self, path: str, result: dict, out: dict, per_class: dict, workdir: str) -> None:
+        """The evaluation as one self-contained page: generated pairs beside the real pair of the
+        same report (report text under each), metric tables, per-class AUROC bars, training curves."""
+        from xray_gen.data.schema import Study
+        from xray_gen.evaluation.html_report import read_curves, write_html_report
+
+        c = self.config
+        source = open_split(c.data, c.eval.split)
+        samples = []
+        for i in range(min(c.sample.num_reports, len(out["targets"]))):  # the loader kept the split's order
+            study = Study.from_example(source[i])
+            samples.append({
+                "condition": f"{c.eval.split} report {i}",
+                "images": [out["fake_frontal"][i], out["fake_lateral"][i], out["real_frontal"][i], out["real_lateral"][i]],
+                "captions": ["generated frontal", "generated lateral", "real frontal", "real lateral"],
+                "text": f"FINDINGS: {study.findings} IMPRESSION: {study.impression}",
+            })
+        write_html_report(path, result, title=f"XRayGAN evaluation ({c.eval.split})", samples=samples,
+                          per_class=per_class, curves=read_curves(workdir, tags=["train/*"]))
+        logging.info("evaluation report: %s", path)
 
 
 def inception_metrics(weights_path: str, out: dict, n: int) -> dict:
