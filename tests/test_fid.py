@@ -211,3 +211,21 @@ def test_offline_default_extractor_and_result_json(tmp_path):
     assert "bilinear" in p["resize_policy"] and p["grey_to_rgb"]
     assert rec["versions"]["jax"] and rec["timestamp"]
     assert protocol.read_result_json(str(path))["protocol"] == p
+
+
+def test_fid_bootstrap_interval_is_centred_on_the_point_and_shrinks_with_more_samples():
+    from xray_gen.evaluation import fid
+
+    rng = np.random.default_rng(0)
+    reference = fid.FeatureStats.from_features(rng.normal(size=(4000, 8)))
+    widths = []
+    for size in (200, 2000):
+        generated = rng.normal(loc=0.3, size=(size, 8))
+        point, lo, hi = fid.fid_bootstrap_ci(generated, reference, n=100, seed=1)
+        g = fid.FeatureStats.from_features(generated)
+        assert point == fid.frechet_distance(g.mean, g.cov, reference.mean, reference.cov)
+        assert lo < point < hi
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 2  # ~1/sqrt(10) narrower with 10x the samples
+    with pytest.raises(ValueError, match="resamples"):
+        fid.fid_bootstrap_ci(generated[:1], reference)

@@ -49,6 +49,7 @@ def get_default() -> ml_collections.ConfigDict:
     c.eval.split = "validation"
     c.eval.batch_size = 64
     c.eval.num_examples = 2_000  # capped at the split's size
+    c.eval.bootstrap = 200  # resamples behind confidence intervals (0: none)
     c.eval.inception_weights = ""  # converted Inception-v3 (weights_import): adds Inception FID and IS
 
     c.mesh = ml_collections.ConfigDict()
@@ -78,6 +79,7 @@ def use_smoke_sizes(c: ml_collections.ConfigDict) -> None:
     c.train.eval_every = 3
     c.train.checkpoint_every = 3
     c.eval.num_examples = 24
+    c.eval.bootstrap = 20
     c.eval.batch_size = 8
 
 

@@ -380,6 +380,9 @@ class XRayGANTask(loop.Task):
             if n >= 2:
                 g, r = fid.FeatureStats.from_features(out[f"fake_{v}_features"]), fid.FeatureStats.from_features(out[f"real_{v}_features"])
                 metrics[f"fid_{v}"] = fid.frechet_distance(g.mean, g.cov, r.mean, r.cov)
+                if c.eval.get("bootstrap", 0) > 0:
+                    _, lo, hi = fid.fid_bootstrap_ci(out[f"fake_{v}_features"], r, n=c.eval.bootstrap, seed=c.seed)
+                    metrics[f"fid_{v}_ci"] = [lo, hi]
                 metrics[f"kid_{v}"] = list(fid.kid(out[f"fake_{v}_features"], out[f"real_{v}_features"], num_subsets=20,
                                                    max_subset_size=max(2, n // 2)))
             metrics[f"ssim_{v}"] = float(np.mean(ssim(out[f"fake_{v}"], out[f"real_{v}"])))
@@ -391,7 +394,7 @@ class XRayGANTask(loop.Task):
             per_class[f"clinical AUROC, {name} frontals"] = auroc
         if c.eval.get("inception_weights") and n >= 2:
             metrics.update(inception_metrics(c.eval.inception_weights, out, n))
-        protocol = model_protocol(c, "xraygan+classifier_features", cls_state.params, n)
+        protocol = model_protocol(c, "xraygan+classifier_features", cls_state.params, n, c.eval.get("bootstrap", 0))
         result = write_result_json(os.path.join(workdir, "eval", f"xraygan_{c.eval.split}.json"), metrics, protocol)
         self._write_html(os.path.join(workdir, "eval", f"xraygan_{c.eval.split}.html"), result, out, per_class, workdir)
         return metrics
