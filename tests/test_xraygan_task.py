@@ -47,6 +47,8 @@ def test_smoke_training_runs_all_phases_with_frozen_vcns(tmp_path):
     assert "files" not in summary["empty"] and any("skipped" in n for n in summary["empty"]["notes"])
     assert "files" in summary["long"] and any("kept the first" in n for n in summary["long"]["notes"])
     assert "files" in summary["odd"]
+    with open(os.path.join(workdir, "samples", "summary.json")) as f:
+        assert {"test_0", "openi", "empty"} <= set(json.load(f))  # both calls' reports are listed
 
     result = main.run(config, workdir, "evaluate")
     assert set(result["vc"]) == {"generated", "real", "mismatched"}

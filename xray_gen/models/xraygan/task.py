@@ -25,6 +25,7 @@ from absl import logging
 from xray_gen.data import augment as aug
 from xray_gen.data.pipeline import ReportInputs, ToModelInputs, make_loader, open_split, workdir_tokenizer
 from xray_gen.data.schema import CHEXPERT_LABELS
+from xray_gen.files import atomic_open
 from xray_gen.models.xraygan import losses
 from xray_gen.models.xraygan.networks import OneShotGenerator, PatchDiscriminator, XRayGANGenerator
 from xray_gen.nn.text import FlatReportEncoder, HierarchicalReportEncoder
@@ -274,7 +275,8 @@ class XRayGANTask(loop.Task):
 
     # ---- sampling ----------------------------------------------------------------------------
     def sample(self, state, workdir: str, report: str | None = None, report_file: str | None = None) -> dict:
-        """Frontal + lateral PNGs per report into workdir/samples, a grid, and summary.json.
+        """Frontal + lateral PNGs per report into workdir/samples, a grid of this call's reports, and
+        summary.json (entries of earlier calls kept, this call's replacing those with the same id).
 
         Without --report/--report_file, the first `sample.num_reports` test-split reports are used
         and their real images are shown beside the generated ones.
@@ -319,8 +321,17 @@ class XRayGANTask(loop.Task):
         os.makedirs(out_dir, exist_ok=True)
         if rows:
             sampling.write_grid(os.path.join(out_dir, "grid.png"), rows)
-        with open(os.path.join(out_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        summary_path = os.path.join(out_dir, "summary.json")
+        previous = {}
+        if os.path.exists(summary_path):  # earlier sampling calls into this workdir keep their entries
+            try:
+                with open(summary_path) as f:
+                    previous = json.load(f)
+            except (OSError, ValueError):
+                logging.warning("%s was unreadable: rewritten with this call's reports only", summary_path)
+            previous = previous if isinstance(previous, dict) else {}
+        with atomic_open(summary_path) as f:
+            json.dump({**previous, **summary}, f, indent=2)
         logging.info("wrote samples of %d of %d reports to %s", len(rows) // n_draws, len(items), out_dir)
         return summary
 
