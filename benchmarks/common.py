@@ -245,6 +245,23 @@ def compile_stats(jitted_fn, *args, **kwargs) -> dict[str, Any]:
     return stats
 
 
+def megabytes(n: float | None) -> float | None:
+    return n / 2**20 if n is not None else None
+
+
+def compile_columns(stats: dict) -> dict[str, Any]:
+    """The table columns every step benchmark reports from `compile_stats` (GFLOP, GB, MB)."""
+    return {
+        "lower_s": stats["lower_s"],
+        "compile_s": stats["compile_s"],
+        "gflops_per_step": stats["flops"] / 1e9 if stats["flops"] else None,
+        "gbytes_accessed_per_step": stats["bytes_accessed"] / 1e9 if stats["bytes_accessed"] else None,
+        "footprint_mb": megabytes(stats["footprint_bytes"]),
+        "xla_peak_memory_mb": megabytes(stats["peak_memory_bytes"]),
+        "temp_memory_mb": megabytes(stats["temp_size_bytes"]),
+    }
+
+
 def parse_csv_ints(text: str) -> list[int]:
     return [int(x) for x in str(text).split(",") if x.strip()]
 

@@ -86,10 +86,6 @@ def calibrate_matmul(n: int = 1024, repeats: int = 5) -> float:
     return 2.0 * n**3 / t["min_s"]
 
 
-def _mb(n):
-    return n / 2**20 if n is not None else None
-
-
 def bench_model(model: str, args) -> dict:
     import jax
 
@@ -125,13 +121,7 @@ def bench_model(model: str, args) -> dict:
         "devices": mesh.devices.size,
         "params_M": n_params / 1e6,
         "init_s": init_s,
-        "lower_s": stats["lower_s"],
-        "compile_s": stats["compile_s"],
-        "gflops_per_step": stats["flops"] / 1e9 if stats["flops"] else None,
-        "gbytes_accessed_per_step": stats["bytes_accessed"] / 1e9 if stats["bytes_accessed"] else None,
-        "footprint_mb": _mb(stats["footprint_bytes"]),
-        "xla_peak_memory_mb": _mb(stats["peak_memory_bytes"]),
-        "temp_memory_mb": _mb(stats["temp_size_bytes"]),
+        **common.compile_columns(stats),
     }
     if args.compile_only:
         return row

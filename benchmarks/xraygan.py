@@ -46,10 +46,6 @@ SAMPLE_REPORT = {
 }
 
 
-def _mb(n):
-    return n / 2**20 if n is not None else None
-
-
 def phase_label(kind: str, stage: int) -> str:
     from xray_gen.models.xraygan.task import stage_resolution
 
@@ -137,14 +133,8 @@ def bench_phase(task, phase: int, holder: dict, mesh, args) -> dict:
         "views": len(VIEWS),
         "phase_steps": num_steps,
         "first_batch_s": batch_s,
-        "lower_s": stats["lower_s"],
-        "compile_s": stats["compile_s"],
         "compile_total_s": stats["compile_total_s"],
-        "gflops_per_step": stats["flops"] / 1e9 if stats["flops"] else None,
-        "gbytes_accessed_per_step": stats["bytes_accessed"] / 1e9 if stats["bytes_accessed"] else None,
-        "footprint_mb": _mb(stats["footprint_bytes"]),
-        "xla_peak_memory_mb": _mb(stats["peak_memory_bytes"]),
-        "temp_memory_mb": _mb(stats["temp_size_bytes"]),
+        **common.compile_columns(stats),
     }
     if args.compile_only:
         return row
@@ -201,7 +191,7 @@ def bench_sampling(task, state, args) -> dict:
         "latency_ms_min": 1e3 * t["min_s"],
         "reports_per_s": 1.0 / t["median_s"],
         "gflops_per_report": stats["flops"] / 1e9 if stats["flops"] else None,
-        "footprint_mb": _mb(stats["footprint_bytes"]),
+        "footprint_mb": common.megabytes(stats["footprint_bytes"]),
         "repeats": t["repeats"],
     }
     print(f"sampling: {row['latency_ms_median']:.1f} ms/report (median of {t['repeats']}), compiled in "
