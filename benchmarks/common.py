@@ -262,6 +262,36 @@ def compile_columns(stats: dict) -> dict[str, Any]:
     }
 
 
+def time_train_step(compiled, state, batch, *, warmup: int, repeats: int, steps: int,
+                    flops: float | None, peak_flops: float) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Times `state, metrics = compiled(state, batch)` carried over steps; returns the last
+    metrics (on the host), the final state and the timing columns (per-step ms, steps/s,
+    achieved FLOP/s and its share of `peak_flops`, the timed step count and per-repeat times)."""
+    import jax
+
+    holder = {"state": state}
+
+    def one_step():
+        holder["state"], metrics = compiled(holder["state"], batch)
+        return metrics
+
+    t = time_fn(one_step, warmup=warmup, repeats=repeats, number=steps)
+    metrics = jax.device_get(one_step())
+    jax.block_until_ready(holder["state"])
+    step_s = t["median_s"]
+    achieved = flops / step_s if flops else None
+    columns = {
+        "step_ms_median": 1e3 * step_s,
+        "step_ms_min": 1e3 * t["min_s"],
+        "steps_per_s": 1.0 / step_s,
+        "achieved_gflops_s": achieved / 1e9 if achieved else None,
+        "utilisation": achieved / peak_flops if achieved else None,
+        "timed_steps": t["repeats"] * t["number"],
+        "step_times_s": t["times_s"],
+    }
+    return metrics, holder["state"], columns
+
+
 def parse_csv_ints(text: str) -> list[int]:
     return [int(x) for x in str(text).split(",") if x.strip()]
 

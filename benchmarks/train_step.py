@@ -126,30 +126,15 @@ def bench_model(model: str, args) -> dict:
     if args.compile_only:
         return row
 
-    holder = {"state": state}
-
-    def one_step():
-        holder["state"], metrics = compiled(holder["state"], batch)
-        return metrics
-
-    t = common.time_fn(one_step, warmup=args.warmup, repeats=args.repeats, number=args.steps)
-    loss = float(jax.device_get(one_step()["loss"]))
-    jax.block_until_ready(holder["state"])
-
-    step_s = t["median_s"]
-    flops = stats["flops"]
-    achieved = flops / step_s if flops else None
+    metrics, _, timing = common.time_train_step(
+        compiled, state, batch, warmup=args.warmup, repeats=args.repeats, steps=args.steps,
+        flops=stats["flops"], peak_flops=args.peak_flops)
+    step_s = timing["step_ms_median"] / 1e3
     row.update({
-        "step_ms_median": 1e3 * step_s,
-        "step_ms_min": 1e3 * t["min_s"],
-        "steps_per_s": 1.0 / step_s,
+        **timing,
         "examples_per_s": global_batch / step_s,
         "images_per_s": global_batch * views / step_s,
-        "achieved_gflops_s": achieved / 1e9 if achieved else None,
-        "utilisation": achieved / args.peak_flops if achieved else None,
-        "final_loss": loss,
-        "timed_steps": t["repeats"] * t["number"],
-        "step_times_s": t["times_s"],
+        "final_loss": float(metrics["loss"]),
     })
     return row
 

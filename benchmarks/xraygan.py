@@ -139,27 +139,14 @@ def bench_phase(task, phase: int, holder: dict, mesh, args) -> dict:
     if args.compile_only:
         return row
 
-    def one_step():
-        holder["state"], metrics = compiled(holder["state"], batch)
-        return metrics
-
-    t = common.time_fn(one_step, warmup=args.warmup, repeats=args.repeats, number=args.steps)
-    metrics = jax.device_get(one_step())
-    jax.block_until_ready(holder["state"])
-    step_s = t["median_s"]
-    flops = stats["flops"]
-    achieved = flops / step_s if flops else None
+    metrics, holder["state"], timing = common.time_train_step(
+        compiled, holder["state"], batch, warmup=args.warmup, repeats=args.repeats, steps=args.steps,
+        flops=stats["flops"], peak_flops=args.peak_flops)
     row.update({
-        "step_ms_median": 1e3 * step_s,
-        "step_ms_min": 1e3 * t["min_s"],
-        "steps_per_s": 1.0 / step_s,
-        "images_per_s": batch_size * len(VIEWS) / step_s,
-        "achieved_gflops_s": achieved / 1e9 if achieved else None,
-        "utilisation": achieved / args.peak_flops if achieved else None,
+        **timing,
+        "images_per_s": batch_size * len(VIEWS) / (timing["step_ms_median"] / 1e3),
         "g_loss": float(metrics["g_loss"]),
         "d_loss": float(metrics["d_loss"]) if "d_loss" in metrics else None,
-        "timed_steps": t["repeats"] * t["number"],
-        "step_times_s": t["times_s"],
     })
     return row
 
