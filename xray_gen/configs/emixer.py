@@ -1,0 +1,140 @@
+"""EMIXER: diagnosis labels -> paired chest X-ray and report (Biswal et al. 2020).
+
+  python -m xray_gen.main --config=configs/emixer.py:cpu --workdir=/tmp/emixer
+  python -m xray_gen.main --config=configs/emixer.py:cpu --workdir=/tmp/emixer --mode=sample \
+      --labels="Cardiomegaly,Pleural Effusion"
+  python -m xray_gen.main --config=configs/emixer.py:cpu --workdir=/tmp/emixer --mode=evaluate
+
+Variants: '' (paper: 128 px, batch 512, BigGAN ch 64), 'labels30' / 'labels50' (the few-label
+settings), 'cpu' (64 px on the phantom, about half an hour on 2 cores), 'cpu_labels30', 'smoke'.
+"""
+
+import ml_collections
+
+from xray_gen.configs.default import apply_variant, get_default, use_cpu_sizes, use_smoke_sizes
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    c = get_default()
+    c.model = "emixer"
+    c.data.resolution = 128
+    c.train.batch_size = 512  # paper; split into emixer.d_steps slices, one per discriminator step
+    c.train.num_steps = 100_000
+    c.train.eval_every = 0
+    c.train.checkpoint_every = 2_000
+    c.eval.split = "test"
+
+    e = c.emixer = ml_collections.ConfigDict()
+    e.z_dim = 120
+    e.label_embed_dim = 128
+    e.g_ch = 64
+    e.d_ch = 64
+    e.g_multipliers = ()  # () = BigGAN's table for the resolution
+    e.d_multipliers = ()
+    e.g_attention = 64  # self-attention at 64x64 (0: none)
+    e.d_attention = 64
+    e.out_channels = 1  # 3 as in the paper (an option)
+    e.vocab_size = 1_000
+    e.max_sentences = 8
+    e.max_words = 24
+    e.f_hidden = 512
+    e.word_layers = 3
+    e.encoder_trainable = True  # F's DenseNet fine-tuned (False: frozen)
+    e.encoder_from_classifier = True  # F's DenseNet starts as the trained evaluation classifier
+    e.report_embed_dim = 256
+    e.report_hidden = 512
+    e.joint_ch = 32
+    e.temperature = 1.0  # F's soft decoding for the report/joint discriminators
+    e.gumbel = False
+    e.straight_through = False
+    e.loss = "hinge"  # hinge | nonsaturating
+    e.g_lr = 5e-5  # G and F
+    e.d_lr = 2e-4
+    e.b1, e.b2 = 0.0, 0.999
+    e.d_steps = 2
+    e.report_weight = 1.0  # weight of the report and joint adversarial terms
+    e.teacher_weight = 1.0  # F's teacher-forced loss on real pairs
+    e.stop_weight = 1.0
+    e.orthogonal_reg = 0.0  # BigGAN's 1e-4 as an option
+    e.ema_decay = 0.9999
+    e.label_fraction = 1.0  # 0.3 / 0.5: the few-label settings
+    e.classifier_variant = "cpu"
+    e.classifier_steps = 2_000
+    e.prepared_dir = ""
+
+    c.sample = ml_collections.ConfigDict()
+    c.sample.num_samples = 8  # test-split label vectors sampled when no --labels/--labels_file is given
+    c.sample.beam_size = 0  # 0/1: greedy
+    c.sample.seed = 0
+    c.eval.num_generated = 1_000
+    return apply_variant(c, variant, {
+        "": _paper, "labels30": _labels30, "labels50": _labels50, "cpu": _cpu, "cpu_labels30": _cpu_labels30,
+        "smoke": _smoke,
+    })
+
+
+def _paper(c):
+    pass
+
+
+def _labels30(c):
+    c.emixer.label_fraction = 0.3
+
+
+def _labels50(c):
+    c.emixer.label_fraction = 0.5
+
+
+def _cpu(c):
+    use_cpu_sizes(c)
+    c.data.resolution = 64
+    c.data.phantom.train_size = 8_000
+    c.data.phantom.memoize = True
+    c.data.worker_count = 0
+    c.train.batch_size = 32
+    c.train.num_steps = 2_000
+    c.train.eval_every = 0
+    c.train.checkpoint_every = 500
+    e = c.emixer
+    e.g_ch = e.d_ch = 16
+    e.g_attention = e.d_attention = 32
+    e.vocab_size = 400
+    e.max_sentences, e.max_words = 6, 16
+    e.f_hidden = 128
+    e.word_layers = 2
+    e.report_embed_dim = 64
+    e.report_hidden = 128
+    e.joint_ch = 8
+    e.g_lr, e.d_lr = 2e-4, 4e-4  # faster than the paper's rates for a short run
+    e.ema_decay = 0.99
+    e.classifier_steps = 600
+    c.eval.num_generated = 500
+
+
+def _cpu_labels30(c):
+    _cpu(c)
+    c.emixer.label_fraction = 0.3
+
+
+def _smoke(c):
+    use_smoke_sizes(c)
+    c.data.resolution = 32
+    c.train.batch_size = 8
+    c.train.num_steps = 4
+    c.train.eval_every = 0
+    c.train.checkpoint_every = 2
+    e = c.emixer
+    e.g_ch = e.d_ch = 4
+    e.g_attention = e.d_attention = 0
+    e.vocab_size = 120
+    e.max_sentences, e.max_words = 3, 8
+    e.f_hidden = 16
+    e.word_layers = 1
+    e.report_embed_dim = 8
+    e.report_hidden = 16
+    e.joint_ch = 4
+    e.ema_decay = 0.9
+    e.classifier_variant = "smoke"
+    e.classifier_steps = 4
+    c.sample.num_samples = 4
+    c.eval.num_generated = 24

@@ -1,0 +1,294 @@
+"""EMIXER training: labels -> image (BigGAN-style G) -> report (hierarchical F), three discriminators.
+
+One jitted step = `d_steps` discriminator updates (each on its own slice of the global batch) then
+one joint update of G and F:
+- D_image: hinge on real vs generated images with the projection term for labelled rows only
+  (unlabelled rows still train its unconditional and rotation heads), plus 1.0 x rotation CE on
+  the four rotations of the real images (SSGAN; the GAN loss sees unrotated images only).
+- D_report / D_joint: hinge on real reports (one-hot ids) vs F's reports of generated images
+  (softmax distributions through the same embedding), alone and paired with their image.
+- G and F: the three generator hinge terms + 0.2 x rotation CE on rotated generated images, and
+  F's teacher-forced word CE + stop BCE on real pairs. Gradients reach G through F's soft
+  decoding of its images, and F through both paths.
+Generated images are conditioned on label vectors drawn from the labelled rows of the batch, so
+they follow the data's label distribution. Few labels: `emixer.label_fraction` keeps each
+study's labels with that probability (a per-study hash, i.e. about that fraction of every class).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zlib
+from typing import Any
+
+import flax
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from xray_gen.data import augment as aug
+from xray_gen.data.pipeline import ToModelInputs, make_loader, open_split, workdir_tokenizer
+from xray_gen.data.reports import split_sentences
+from xray_gen.models.emixer import losses
+from xray_gen.models.emixer.image_networks import SPECTRAL_STATS, Discriminator, Generator
+from xray_gen.models.emixer.report_networks import (JointDiscriminator, ReportDiscriminator, ReportGenerator,
+                                                    encoder_param_mask)
+from xray_gen.training import loop
+
+MUTABLE = ["batch_stats", SPECTRAL_STATS]
+
+
+@flax.struct.dataclass
+class EmixerState:
+    step: jax.Array
+    rng: jax.Array
+    gen: dict  # {"G": variables, "F": variables}; variables = {"params", "batch_stats"?, "spectral_stats"?}
+    disc: dict  # {"image", "report", "joint"}: variables
+    gen_opt: optax.OptState
+    disc_opt: optax.OptState
+    g_ema: dict  # EMA of G's params (sampling and evaluation use it with G's running statistics)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportAndLabelInputs(grain.transforms.Map):
+    """Adds `report_ids`/`report_mask` (S, W): findings then impression sentences, tokenised
+    hierarchically; and `labeled_mask` (1 with probability `label_fraction`, by a hash of the study id
+    and seed, so the labelled subset is fixed for a run and the same in every epoch)."""
+
+    tokenizer: Any
+    max_sentences: int
+    max_words: int
+    label_fraction: float
+    seed: int
+
+    def map(self, ex: dict[str, Any]) -> dict[str, Any]:
+        ex = dict(ex)
+        text = lambda k: ex[k].decode("utf-8") if isinstance(ex[k], bytes) else str(ex[k])
+        sentences = split_sentences(text("findings")) + split_sentences(text("impression"))
+        ex["report_ids"], ex["report_mask"] = self.tokenizer.encode_hierarchical(
+            sentences, self.max_sentences, self.max_words)
+        draw = zlib.crc32(f"{self.seed}:{ex['study_id']}".encode()) / 2**32
+        ex["labeled_mask"] = np.float32(draw < self.label_fraction)  # *_mask keys pass ToModelInputs
+        return ex
+
+
+class EmixerTask(loop.Task):
+    name = "emixer"
+
+    def __init__(self, config, workdir: str | None = None):
+        super().__init__(config, workdir)
+        e = config.emixer
+        if not 0.0 < e.label_fraction <= 1.0:
+            raise ValueError(f"emixer.label_fraction must be in (0, 1], got {e.label_fraction}")
+        if config.train.batch_size % e.d_steps:
+            raise ValueError(f"train.batch_size={config.train.batch_size} must divide into emixer.d_steps={e.d_steps} "
+                             "slices (one per discriminator step)")
+        self.tokenizer = workdir_tokenizer(workdir, config.data, e.vocab_size) if workdir else None
+        vocab = self.tokenizer.vocab_size if self.tokenizer else e.vocab_size
+        res = config.data.resolution
+        self.G = Generator(resolution=res, ch=e.g_ch, channel_multipliers=e.g_multipliers or None, z_dim=e.z_dim,
+                           label_embed_dim=e.label_embed_dim, attention_resolution=e.g_attention or None,
+                           out_channels=e.out_channels)
+        self.D = Discriminator(ch=e.d_ch, channel_multipliers=e.d_multipliers or None,
+                               attention_resolution=e.d_attention or None)
+        cc = self.classifier().config.classifier
+        self.F = ReportGenerator(vocab, e.max_sentences, e.max_words, feature_dim=e.f_hidden, sentence_hidden=e.f_hidden,
+                                 embed_dim=e.f_hidden, word_hidden=e.f_hidden, word_layers=e.word_layers,
+                                 encoder_blocks=tuple(cc.block_sizes), encoder_growth_rate=cc.growth_rate,
+                                 encoder_init_features=cc.init_features, encoder_small_input=cc.small_input,
+                                 encoder_trainable=e.encoder_trainable)
+        self.D_report = ReportDiscriminator(vocab, e.report_embed_dim, e.report_hidden)
+        self.D_joint = JointDiscriminator(vocab, ch=e.joint_ch, embed_dim=e.report_embed_dim, hidden=e.report_hidden)
+        self._encoder_init = None  # F's DenseNet weights from the trained classifier (prepare)
+        self.gen_tx = optax.adam(e.g_lr, b1=e.b1, b2=e.b2)
+        self.disc_tx = optax.adam(e.d_lr, b1=e.b1, b2=e.b2)
+
+    # ---- prepared classifier (FID features, clinical agreement, F's image encoder) ------------
+    def classifier(self):
+        from xray_gen.models.classifier import PreparedClassifier
+
+        e = self.config.emixer
+        root = e.get("prepared_dir") or self.workdir or ""
+        return PreparedClassifier(self.config.data, e.classifier_variant, e.classifier_steps,
+                                  os.path.join(root, f"classifier_{self.config.data.resolution}"))
+
+    def prepare(self) -> None:
+        """Trains the evaluation classifier (once, resumably); F's image encoder starts from it."""
+        prepared = self.classifier()
+        prepared.train()
+        if self.config.emixer.encoder_from_classifier:
+            _, cls_state = prepared.load()
+            self._encoder_init = jax.device_get({"params": cls_state.params, "batch_stats": cls_state.batch_stats})
+
+    # ---- data ---------------------------------------------------------------------------------
+    def transforms(self):
+        c, e = self.config, self.config.emixer
+        return [ReportAndLabelInputs(self.tokenizer, e.max_sentences, e.max_words, e.label_fraction, c.seed),
+                ToModelInputs.from_data_config(c.data, views=("frontal",))]
+
+    def train_loader(self):
+        c = self.config
+        return make_loader(open_split(c.data, "train", views=("frontal",)), self.transforms(), c.train.batch_size,
+                           seed=c.seed, worker_count=c.data.worker_count)
+
+    # ---- pure functions -----------------------------------------------------------------------
+    def init(self, rng):
+        e, res = self.config.emixer, self.config.data.resolution
+        k = jax.random.split(rng, 6)
+        img = jnp.zeros((2, res, res, e.out_channels))
+        y = jnp.zeros((2, 14))
+        ids = jnp.zeros((2, e.max_sentences, e.max_words), jnp.int32)
+        mask = jnp.ones((2, e.max_sentences, e.max_words))
+        g = self.G.init(k[0], jnp.zeros((2, e.z_dim)), y)
+        f = self.F.init(k[1], img, ids)  # F's DenseNet: the paper's pretrained CNN is our trained classifier
+        if self._encoder_init is not None:  # set by prepare() on a fresh start
+            f = {**f, "params": {**f["params"], "encoder": self._encoder_init["params"]},
+                 "batch_stats": {**f.get("batch_stats", {}), "encoder": self._encoder_init["batch_stats"]}}
+        disc = {"image": self.D.init(k[2], img, y), "report": self.D_report.init(k[3], ids, mask),
+                "joint": self.D_joint.init(k[4], img, ids, mask)}
+        gen = {"G": g, "F": f}
+        return EmixerState(step=jnp.zeros((), jnp.int32), rng=k[5], gen=gen, disc=disc,
+                           gen_opt=self.gen_tx.init(self._trainable(gen)), disc_opt=self.disc_tx.init(_params(disc)),
+                           g_ema=g["params"])
+
+    def _trainable(self, gen):
+        """The optimised parameters: G's and F's (F's image encoder only when it is trainable)."""
+        f_params = gen["F"]["params"]
+        if not self.config.emixer.encoder_trainable:
+            keep = encoder_param_mask(f_params)
+            f_params = {k: v for k, v in f_params.items() if not jax.tree.leaves(keep[k])[0]}
+        return {"G": gen["G"]["params"], "F": f_params}
+
+    def _with_trainable(self, gen, trainable):
+        return {"G": {**gen["G"], "params": trainable["G"]},
+                "F": {**gen["F"], "params": {**gen["F"]["params"], **trainable["F"]}}}
+
+    def _fake_labels(self, rng, y, has_label):
+        """Label vectors for generated images: rows drawn from the labelled rows of the batch."""
+        logits = jnp.where(has_label > 0, 0.0, -jnp.inf)
+        logits = jnp.where(jnp.any(has_label > 0), logits, 0.0)  # no labelled row: any row (all zeros below)
+        idx = jax.random.categorical(rng, logits, shape=(y.shape[0],))
+        return jnp.where(jnp.any(has_label > 0), y[idx], jnp.zeros_like(y[idx]))
+
+    def _generate(self, gen, z, y_fake, rng, train: bool):
+        """(images, F's soft reports {dist, mask}, new G/F variables) of G(z, y) then F(images)."""
+        e = self.config.emixer
+        images, g_upd = self.G.apply(gen["G"], z, y_fake, train=train, mutable=MUTABLE)
+        report, f_upd = self.F.apply(gen["F"], images, rng=rng, temperature=e.temperature, gumbel=e.gumbel,
+                                     straight_through=e.straight_through, train=train, method=self.F.decode_soft,
+                                     mutable=MUTABLE)
+        return images, report, {"G": {**gen["G"], **g_upd}, "F": {**gen["F"], **f_upd}}
+
+    def train_step(self, state: EmixerState, batch):
+        c, e = self.config, self.config.emixer
+        rng = jax.random.fold_in(state.rng, state.step)
+        real_all = aug.to_float(batch["frontal"])
+        if e.out_channels == 3:
+            real_all = jnp.repeat(real_all, 3, axis=-1)
+        y_all = batch["targets"] * batch["label_mask"]
+        has_all = batch["labeled_mask"]
+        n = real_all.shape[0] // e.d_steps
+        gen, disc, disc_opt = state.gen, state.disc, state.disc_opt
+        metrics = {}
+        for i in range(e.d_steps):
+            k_y, k_z, k_f = jax.random.split(jax.random.fold_in(rng, i), 3)
+            sl = slice(i * n, (i + 1) * n)
+            real, y, has = real_all[sl], y_all[sl], has_all[sl]
+            ids, mask = batch["report_ids"][sl], batch["report_mask"][sl]
+            y_fake = self._fake_labels(k_y, y, has)
+            fake, fake_report, _ = self._generate(gen, jax.random.normal(k_z, (n, e.z_dim)), y_fake, k_f, True)
+            fake, fake_dist, fake_mask = jax.lax.stop_gradient((fake, fake_report["dist"], fake_report["mask"]))
+
+            def d_loss_fn(params):
+                variables = {k: {**disc[k], "params": params[k]} for k in disc}
+                rotated, rot_labels = losses.rotate_batch(real)
+                out_real, upd = self.D.apply(variables["image"], rotated, jnp.tile(y, (4, 1)),
+                                             jnp.concatenate([has, jnp.zeros(3 * n)]), train=True, mutable=[SPECTRAL_STATS])
+                out_fake, _ = self.D.apply({**variables["image"], **upd}, fake, y_fake, jnp.ones(n), train=True,
+                                           mutable=[SPECTRAL_STATS])
+                image_gan = losses.d_loss(out_real.score[:n], out_fake.score, e.loss)
+                rotation = losses.rotation_loss(out_real.rotation_logits, rot_labels)
+                report_gan = losses.d_loss(self.D_report.apply(variables["report"], ids, mask),
+                                           self.D_report.apply(variables["report"], fake_dist, fake_mask), e.loss)
+                joint_real, j_upd = self.D_joint.apply(variables["joint"], real, ids, mask, train=True,
+                                                       mutable=[SPECTRAL_STATS])
+                joint_fake, _ = self.D_joint.apply({**variables["joint"], **j_upd}, fake, fake_dist, fake_mask, train=True,
+                                                   mutable=[SPECTRAL_STATS])
+                joint_gan = losses.d_loss(joint_real, joint_fake, e.loss)
+                total = image_gan + losses.D_ROTATION_WEIGHT * rotation + e.report_weight * (report_gan + joint_gan)
+                return total, ({"image": upd, "joint": j_upd},
+                               {"d_image": image_gan, "d_rotation": rotation, "d_report": report_gan, "d_joint": joint_gan})
+
+            (d_total, (updates, terms)), grads = jax.value_and_grad(d_loss_fn, has_aux=True)(_params(disc))
+            steps, disc_opt = self.disc_tx.update(grads, disc_opt, _params(disc))
+            new_params = optax.apply_updates(_params(disc), steps)
+            disc = {k: {**disc[k], **updates.get(k, {}), "params": new_params[k]} for k in disc}
+            metrics.update({"d_loss": d_total, **terms})
+
+        k_y, k_z, k_f = jax.random.split(jax.random.fold_in(rng, 100), 3)
+        real, y, has = real_all[:n], y_all[:n], has_all[:n]
+        ids, mask = batch["report_ids"][:n], batch["report_mask"][:n]
+        y_fake = self._fake_labels(k_y, y, has)
+        z = jax.random.normal(k_z, (n, e.z_dim))
+        d_vars = {k: {**disc[k]} for k in disc}
+
+        def gen_loss_fn(trainable):
+            g = self._with_trainable(gen, trainable)
+            fake, report, new_gen = self._generate(g, z, y_fake, k_f, True)
+            rotated, rot_labels = losses.rotate_batch(fake)
+            out, _ = self.D.apply(d_vars["image"], rotated, jnp.tile(y_fake, (4, 1)),
+                                  jnp.concatenate([jnp.ones(n), jnp.zeros(3 * n)]), train=False, mutable=[SPECTRAL_STATS])
+            adv_image = losses.g_loss(out.score[:n], e.loss)
+            rotation = losses.rotation_loss(out.rotation_logits, rot_labels)
+            adv_report = losses.g_loss(self.D_report.apply(d_vars["report"], report["dist"], report["mask"]), e.loss)
+            joint, _ = self.D_joint.apply(d_vars["joint"], fake, report["dist"], report["mask"], train=False,
+                                          mutable=[SPECTRAL_STATS])
+            adv_joint = losses.g_loss(joint, e.loss)
+            teacher, f_upd = self.F.apply(new_gen["F"], real, ids, train=True, mutable=MUTABLE)
+            f_loss, f_terms = losses.report_generator_loss(teacher["word_logits"], teacher["stop_logits"], ids, mask,
+                                                           e.stop_weight)
+            total = (adv_image + losses.G_ROTATION_WEIGHT * rotation + e.report_weight * (adv_report + adv_joint)
+                     + e.teacher_weight * f_loss)
+            if e.orthogonal_reg > 0:
+                total = total + losses.orthogonal_regularization(trainable["G"], e.orthogonal_reg)
+            new_gen = {"G": new_gen["G"], "F": {**new_gen["F"], **f_upd}}
+            return total, (new_gen, {"g_image": adv_image, "g_rotation": rotation, "g_report": adv_report,
+                                     "g_joint": adv_joint, **{f"f_{k}": v for k, v in f_terms.items()}})
+
+        trainable = self._trainable(gen)
+        (g_total, (new_gen, terms)), grads = jax.value_and_grad(gen_loss_fn, has_aux=True)(trainable)
+        steps, gen_opt = self.gen_tx.update(grads, state.gen_opt, trainable)
+        gen = self._with_trainable(new_gen, optax.apply_updates(trainable, steps))
+        g_ema = jax.tree.map(lambda a, w: a + (1.0 - e.ema_decay) * (w - a), state.g_ema, gen["G"]["params"])
+        metrics.update({"g_loss": g_total, **terms})
+        return state.replace(step=state.step + 1, gen=gen, disc=disc, gen_opt=gen_opt, disc_opt=disc_opt,
+                             g_ema=g_ema), metrics
+
+    # ---- sampling and evaluation ---------------------------------------------------------------
+    def generate(self, state, y, rng, beam_size: int = 0):
+        """(images, {"ids", "mask"}) for label vectors y with the EMA generator and F (greedy or beam)."""
+        e = self.config.emixer
+        g_vars = {**state.gen["G"], "params": state.g_ema}
+        images = self.G.apply(g_vars, jax.random.normal(rng, (y.shape[0], e.z_dim)), y, train=False)
+        if beam_size > 1:
+            report = self.F.apply(state.gen["F"], images, beam_size=beam_size, method=self.F.beam_search)
+        else:
+            report = self.F.apply(state.gen["F"], images, method=self.F.greedy)
+        return images, report
+
+    def sample(self, state, workdir: str, labels: str | None = None, labels_file: str | None = None) -> dict:
+        from xray_gen.models.emixer.sampling import sample
+
+        return sample(self, state, workdir, labels, labels_file)
+
+    def final_report(self, state, workdir: str) -> dict:
+        from xray_gen.models.emixer.evaluation import final_report
+
+        return final_report(self, state, workdir)
+
+
+def _params(disc):
+    return {k: v["params"] for k, v in disc.items()}
