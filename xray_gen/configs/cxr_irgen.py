@@ -1,0 +1,179 @@
+"""CXR-IRGen: labels -> prompt + reference image -> latent-diffusion X-ray; X-ray -> report (Shentu &
+Al Moubayed 2024).
+
+  python -m xray_gen.main --config=configs/cxr_irgen.py:cpu --workdir=/tmp/cxr_irgen
+  python -m xray_gen.main --config=configs/cxr_irgen.py:cpu --workdir=/tmp/cxr_irgen --mode=sample \
+      --labels="Cardiomegaly,Pleural Effusion"
+  python -m xray_gen.main --config=configs/cxr_irgen.py:cpu --workdir=/tmp/cxr_irgen --mode=sample --image=x.png
+  python -m xray_gen.main --config=configs/cxr_irgen.py:cpu --workdir=/tmp/cxr_irgen --mode=evaluate
+
+Training runs the stages in order, each resumable in its own sub-directory (autoencoder/, clip/,
+language/, prior/, classifier_<res>/), then the denoiser in the workdir itself.
+Variants: '' (paper-like: 256 px, SD-size autoencoder, U-ViT-mid), 'uvit' (same), 'unet' (SD-1.x
+U-Net, the image embedding as one extra context token), 'no_reference' (text prompt only: the
+paper's ablation), 'cpu' (64 px phantom, tiny everything, all stages in < 45 min on 2 cores),
+'cpu_unet', 'cpu_no_reference', 'smoke' (seconds per stage, for tests). Ablation runs can share
+the prerequisite stages: --config.cxr_irgen.prepared_dir=<first run's workdir>.
+Official values: AdamW 5e-5 weight decay 0.01, sampling 50 steps with guidance 7.5 (DDIM here);
+the official code trains without conditioning dropout, which guidance needs: 0.1 here
+(`cxr_irgen.cond_drop_prob=0` reproduces it).
+"""
+
+import ml_collections
+
+from xray_gen.configs.default import apply_variant, get_default, use_cpu_sizes, use_smoke_sizes
+
+PAPER_PATHOLOGIES = ("Atelectasis", "Cardiomegaly", "Lung Opacity", "Pleural Effusion", "Pneumonia")
+
+
+def _stage(steps, batch_size, learning_rate, **kw) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+                                          weight_decay=0.0, **kw))
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    c = get_default()
+    c.model = "cxr_irgen"
+    c.data.resolution = 256
+    c.train.batch_size = 32
+    c.train.num_steps = 10_000  # the paper reports 5k and 10k fine-tuning steps
+    c.train.eval_every = 0
+    c.train.checkpoint_every = 1_000
+    c.eval.split = "test"
+
+    x = c.cxr_irgen = ml_collections.ConfigDict()
+    x.backbone = "uvit"  # uvit | unet
+    x.reference_image = True  # the paper's reference-image embedding (RIE); False: the ablation
+    x.reference_fallback = True  # no identical label vector: a training image with the same positives
+    x.cond_drop_prob = 0.1
+    x.prediction = "epsilon"  # epsilon | v_prediction
+    x.schedule = "scaled_linear"
+    x.num_train_timesteps = 1000
+    x.learning_rate = 5e-5  # official AdamW
+    x.weight_decay = 0.01
+    x.grad_clip = 1.0
+    x.vocab_size = 1_000
+    x.prompt_len = 48
+    x.report_len = 128
+    x.report_sections = ("findings", "impression")  # the paper's (F+I); ("findings",) is (F)
+    x.prepared_dir = ""  # where the stages and the classifier live ('' : the workdir)
+    x.classifier_variant = "cpu"
+    x.classifier_steps = 2_000
+    x.uvit = ml_collections.ConfigDict(dict(size="mid", patch_size=2))
+    x.unet = ml_collections.ConfigDict(dict(block_out_channels=(320, 640, 1280, 1280),
+                                            cross_attn=(True, True, True, False), layers_per_block=2, num_heads=8,
+                                            norm_num_groups=32))
+    # Stages (each trained in its own sub-directory; sizes are from scratch here).
+    x.autoencoder = _stage(50_000, 16, 4.5e-6, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                           latent_channels=4, norm_num_groups=32, loss="l1", kl_weight=1e-6, scale_images=1_000)
+    x.clip = _stage(20_000, 64, 1e-4, width=512, layers=12, heads=8, patch_size=32, projection_dim=512)
+    x.language = _stage(20_000, 32, 5e-5, size="bart-base", pooling="mean", dropout=0.1)
+    x.prior = _stage(20_000, 32, 5e-5, size="base", patch_size=2, loss="mse+cosine", cosine_weight=0.01)
+
+    c.sample = ml_collections.ConfigDict()
+    c.sample.num_samples = 4  # images per --labels request (seeds sample.seed + k)
+    c.sample.seed = 0
+    c.sample.sampler = "ddim"  # ddim | dpm_solver_2m
+    c.sample.num_steps = 50
+    c.sample.guidance_scale = 7.5
+    c.sample.eta = 0.0
+    c.sample.report_method = "beam"  # greedy | beam | nucleus
+    c.sample.beam_size = 4
+    c.sample.top_p = 0.9
+    c.sample.batch_size = 16
+
+    c.eval.num_examples = 1_000  # conditioning studies of eval.split (paper: 1000 PA test images)
+    c.eval.pathologies = PAPER_PATHOLOGIES
+    c.eval.per_pathology = 500  # generated images per pathology and for No Finding (paper Table 2)
+    return apply_variant(c, variant, {
+        "": _paper, "uvit": _paper, "unet": _unet, "no_reference": _no_reference, "cpu": _cpu,
+        "cpu_unet": _cpu_unet, "cpu_no_reference": _cpu_no_reference, "smoke": _smoke,
+    })
+
+
+def _paper(c):
+    pass
+
+
+def _unet(c):
+    c.cxr_irgen.backbone = "unet"
+
+
+def _no_reference(c):
+    c.cxr_irgen.reference_image = False
+
+
+def _cpu(c):
+    use_cpu_sizes(c, resolution=64)
+    c.data.phantom.train_size = 4_000
+    c.data.phantom.memoize = True  # reference images are re-read every epoch
+    c.data.worker_count = 0
+    c.train.batch_size = 32
+    c.train.num_steps = 2_000
+    c.train.eval_every = 0
+    c.train.checkpoint_every = 500
+    x = c.cxr_irgen
+    x.learning_rate = 3e-4  # a short run: faster than the official fine-tuning rate
+    x.vocab_size = 400
+    x.prompt_len = 40
+    x.report_len = 96
+    x.classifier_steps = 600
+    x.uvit = ml_collections.ConfigDict(dict(size="cpu", patch_size=2))
+    x.unet = ml_collections.ConfigDict(dict(block_out_channels=(64, 128), cross_attn=(True, True),
+                                            layers_per_block=1, num_heads=4, norm_num_groups=32))
+    # 3 levels: factor 4, 16x16x4 latents (factor 8 would leave 8x8 at 64 px). Narrow: convolutions
+    # at 64 px dominate a CPU step (widths 32/64/64 cost ~4x as much per step).
+    x.autoencoder = _stage(800, 16, 1e-3, block_out_channels=(16, 32, 32), layers_per_block=1, latent_channels=4,
+                           norm_num_groups=16, loss="l1", kl_weight=1e-6, scale_images=512)
+    x.clip = _stage(400, 64, 5e-4, width=64, layers=2, heads=4, patch_size=8, projection_dim=64)
+    x.language = _stage(1_000, 32, 1e-3, size="tiny", pooling="mean", dropout=0.1)
+    x.prior = _stage(500, 32, 5e-4, size="tiny", patch_size=2, loss="mse+cosine", cosine_weight=0.01)
+    c.sample.num_steps = 50
+    c.sample.guidance_scale = 3.0  # 7.5 over-saturates a small model trained for minutes
+    c.sample.batch_size = 50
+    c.eval.num_examples = 200
+    c.eval.per_pathology = 50
+    c.eval.batch_size = 50
+
+
+def _cpu_unet(c):
+    _cpu(c)
+    c.cxr_irgen.backbone = "unet"
+
+
+def _cpu_no_reference(c):
+    _cpu(c)
+    c.cxr_irgen.reference_image = False
+
+
+def _smoke(c):
+    use_smoke_sizes(c)
+    c.data.resolution = 32
+    c.data.phantom.memoize = True
+    c.train.batch_size = 8
+    c.train.num_steps = 4
+    c.train.eval_every = 0
+    c.train.checkpoint_every = 2
+    x = c.cxr_irgen
+    x.learning_rate = 1e-3
+    x.vocab_size = 120
+    x.prompt_len = 32
+    x.report_len = 48
+    x.classifier_variant = "smoke"
+    x.classifier_steps = 2
+    x.uvit = ml_collections.ConfigDict(dict(size="tiny", patch_size=2))
+    x.unet = ml_collections.ConfigDict(dict(block_out_channels=(32, 32), cross_attn=(True, True), layers_per_block=1,
+                                            num_heads=2, norm_num_groups=8))
+    x.autoencoder = _stage(3, 8, 1e-3, block_out_channels=(8, 8, 8), layers_per_block=1, latent_channels=4,
+                           norm_num_groups=8, loss="l1", kl_weight=1e-6, scale_images=16)
+    x.clip = _stage(2, 8, 1e-3, width=32, layers=1, heads=2, patch_size=8, projection_dim=32)
+    x.language = _stage(2, 8, 1e-3, size="tiny", pooling="mean", dropout=0.1)
+    x.prior = _stage(2, 8, 1e-3, size="tiny", patch_size=2, loss="mse+cosine", cosine_weight=0.01)
+    c.sample.num_samples = 2
+    c.sample.num_steps = 3
+    c.sample.guidance_scale = 2.0
+    c.sample.report_method = "greedy"
+    c.sample.batch_size = 4
+    c.eval.num_examples = 8
+    c.eval.per_pathology = 2
+    c.eval.batch_size = 8

@@ -1,0 +1,278 @@
+"""CXR-IRGen's prerequisite networks, each a small `loop.Task` trained resumably in its own
+sub-directory by `CxrIRGenTask.prepare()` (in this order):
+
+1. `AutoencoderTask`  KL autoencoder: L1 (or L2) reconstruction + kl_weight * KL per pixel; after
+   training the latent scale factor 1/std(latents) is measured from data (`measure_latent_scale`).
+2. `ClipTask`         CLIP dual encoder on (frontal image, label prompt) pairs with clip_loss;
+   identical prompts in a batch count as matches.
+3. `TextAutoencoderTask`  language stage 1: BART encoder -> pooled text vector -> BART decoder
+   reconstructing the report (cross-entropy on real tokens only).
+4. `PriorTask`        language stage 2: ViT over the frozen autoencoder's scaled latents predicting
+   the frozen stage-1 text vector (MSE + 0.01 (1 - cos)).
+
+Each stage reads `config.cxr_irgen.<stage>` (steps, batch_size, learning_rate, sizes) and trains
+with AdamW and global-norm clipping; the frozen networks a stage leans on are constants of its
+jitted step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from xray_gen.data import augment as aug
+from xray_gen.data.pipeline import ToModelInputs, make_loader, open_split
+from xray_gen.files import atomic_open
+from xray_gen.models.cxr_irgen import language
+from xray_gen.models.cxr_irgen.inputs import CxrInputs, IndexedSource, ReportSource, label_groups
+from xray_gen.nn import clip as clip_nn
+from xray_gen.nn.autoencoder_kl import AutoencoderKL, VAEConfig
+from xray_gen.nn.bart import REPORT_TOKENIZER_IDS, bart_config
+from xray_gen.training import loop
+
+STAGES = ("autoencoder", "clip", "language", "prior")
+LATENT_SCALE_FILE = "latent_scale.json"
+
+
+@flax.struct.dataclass
+class StageState:
+    step: jax.Array
+    rng: jax.Array
+    params: dict
+    opt_state: optax.OptState
+
+
+def stage_config(config, stage: str) -> ml_collections.ConfigDict:
+    """The main config with `train` set from `cxr_irgen.<stage>` (an unlocked copy)."""
+    s = config.cxr_irgen[stage]
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.train.num_steps = int(s.steps)
+    c.train.batch_size = int(s.batch_size)
+    c.train.eval_every = 0
+    c.train.checkpoint_every = max(1, min(int(s.steps), int(config.train.checkpoint_every)))
+    c.train.stop_at_step = -1
+    return c
+
+
+# ---- network builders (shared with the main task, sampling and evaluation) ----------------------
+def vae_config(config) -> VAEConfig:
+    a = config.cxr_irgen.autoencoder
+    return VAEConfig(in_channels=1, block_out_channels=tuple(a.block_out_channels), layers_per_block=a.layers_per_block,
+                     latent_channels=a.latent_channels, norm_num_groups=a.norm_num_groups)
+
+
+def latent_side(config) -> int:
+    factor = vae_config(config).downsampling_factor
+    if config.data.resolution % factor:
+        raise ValueError(f"data.resolution={config.data.resolution} is not a multiple of the autoencoder's "
+                         f"downsampling factor {factor} (cxr_irgen.autoencoder.block_out_channels)")
+    return config.data.resolution // factor
+
+
+def clip_model(config, vocab_size: int) -> clip_nn.CLIP:
+    k, res = config.cxr_irgen.clip, config.data.resolution
+    if res % k.patch_size:
+        raise ValueError(f"cxr_irgen.clip.patch_size={k.patch_size} does not divide data.resolution={res}")
+    text = clip_nn.text_config("tiny", vocab_size=vocab_size, max_length=config.cxr_irgen.prompt_len, width=k.width,
+                               layers=k.layers, heads=k.heads, mlp_dim=4 * k.width, projection_dim=k.projection_dim)
+    vision = clip_nn.vision_config("tiny", image_size=res, patch_size=k.patch_size, num_channels=1, width=k.width,
+                                   layers=k.layers, heads=k.heads, mlp_dim=4 * k.width, projection_dim=k.projection_dim)
+    return clip_nn.CLIP(text=text, vision=vision)
+
+
+def report_model(config, vocab_size: int) -> language.ReportAutoencoder:
+    g = config.cxr_irgen.language
+    cfg = bart_config(g.size, vocab_size=vocab_size, dropout=g.dropout,
+                      max_position_embeddings=max(config.cxr_irgen.report_len, 64), **REPORT_TOKENIZER_IDS)
+    return language.ReportAutoencoder(cfg, pooling=g.pooling)
+
+
+def prior_model(config, vocab_size: int) -> language.LatentPrior:
+    p = config.cxr_irgen.prior
+    side = latent_side(config)
+    out_dim = report_model(config, vocab_size).config.d_model
+    patch = p.patch_size if side % p.patch_size == 0 else 1
+    cfg = language.prior_config(p.size, "latents", input_size=side, in_channels=config.cxr_irgen.autoencoder.latent_channels,
+                                patch_size=patch, out_dim=out_dim)
+    return language.LatentPrior(cfg)
+
+
+# ---- the stage tasks ----------------------------------------------------------------------------
+class StageTask(loop.Task):
+    """One prerequisite network: `init_params`, `loss(params, batch, rng) -> (loss, metrics)` and a
+    loader; the update (AdamW, clipping) is shared."""
+
+    stage = ""
+
+    def __init__(self, config, tokenizer=None):
+        super().__init__(stage_config(config, self.stage))
+        self.main, self.tokenizer = config, tokenizer
+        self.s = config.cxr_irgen[self.stage]
+        self.tx = optax.chain(optax.clip_by_global_norm(1.0),
+                              optax.adamw(self.s.learning_rate, weight_decay=self.s.get("weight_decay", 0.0)))
+        self.name = f"cxr_irgen_{self.stage}"
+
+    def init(self, rng):
+        params = self.init_params(jax.random.fold_in(rng, 1))
+        return StageState(step=jnp.zeros((), jnp.int32), rng=jax.random.fold_in(rng, 2), params=params,
+                          opt_state=self.tx.init(params))
+
+    def train_step(self, state, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        (loss, metrics), grads = jax.value_and_grad(self.loss, has_aux=True)(state.params, batch, rng)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
+        return new, {"loss": loss, "grad_norm": optax.global_norm(grads), **metrics}
+
+    def _loader(self, source, transforms):
+        c = self.config
+        return make_loader(source, transforms, c.train.batch_size, seed=c.seed + STAGES.index(self.stage),
+                           worker_count=c.data.worker_count)
+
+
+class AutoencoderTask(StageTask):
+    stage = "autoencoder"
+
+    def __init__(self, config, tokenizer=None):
+        super().__init__(config, tokenizer)
+        self.net = AutoencoderKL(vae_config(config))
+        if self.s.loss not in ("l1", "l2"):
+            raise ValueError(f"cxr_irgen.autoencoder.loss={self.s.loss!r} must be 'l1' or 'l2'")
+
+    def init_params(self, rng):
+        r = self.main.data.resolution
+        return self.net.init(rng, jnp.zeros((1, r, r, 1)))["params"]
+
+    def loss(self, params, batch, rng):
+        x = aug.to_float(batch["frontal"])
+        recon, posterior = self.net.apply({"params": params}, x, rng)
+        err = recon - x
+        rec = jnp.mean(jnp.abs(err)) if self.s.loss == "l1" else jnp.mean(jnp.square(err))
+        kl = jnp.mean(posterior.kl()) / (x.shape[1] * x.shape[2])  # per pixel, as the reconstruction
+        return rec + self.s.kl_weight * kl, {"reconstruction": rec, "kl": kl}
+
+    def train_loader(self):
+        d = self.main.data
+        return self._loader(open_split(d, "train", views=("frontal",)),
+                            [ToModelInputs.from_data_config(d, views=("frontal",))])
+
+
+def measure_latent_scale(config, ae_params, directory: str, num_images: int) -> float:
+    """1 / std of posterior samples of up to `num_images` training images (SD's 0.18215 is this
+    number for SD's autoencoder): unit-variance latents are what the noise schedule assumes.
+    Written to `directory/latent_scale.json`, read back by later runs."""
+    path = os.path.join(directory, LATENT_SCALE_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            return float(json.load(f)["latent_scale"])
+    net = AutoencoderKL(vae_config(config))
+    d = config.data
+    source = open_split(d, "train", views=("frontal",))
+    n = max(2, min(len(source), int(num_images)))
+    batch = min(n, 64)
+    loader = make_loader(source, [ToModelInputs.from_data_config(d, views=("frontal",))], batch, seed=config.seed,
+                         shuffle=True, num_epochs=1, drop_remainder=False)
+    encode = jax.jit(lambda p, x, k: net.apply({"params": p}, aug.to_float(x), method=net.encode).sample(k))
+    total, total_sq, count = 0.0, 0.0, 0
+    for i, b in enumerate(loader):
+        z = np.asarray(encode(ae_params, b["frontal"], jax.random.PRNGKey(i)), np.float64)
+        total, total_sq, count = total + z.sum(), total_sq + np.square(z).sum(), count + z.size
+        if count >= n * z[0].size:
+            break
+    std = float(np.sqrt(max(total_sq / count - (total / count) ** 2, 1e-12)))
+    scale = 1.0 / std
+    with atomic_open(path, "w") as f:
+        json.dump({"latent_scale": scale, "latent_std": std, "num_latent_values": int(count)}, f, indent=2)
+    logging.info("CXR-IRGen: latent std %.4f over %d values -> scale factor %.5f", std, count, scale)
+    return scale
+
+
+class ClipTask(StageTask):
+    stage = "clip"
+
+    def __init__(self, config, tokenizer):
+        super().__init__(config, tokenizer)
+        self.net = clip_model(config, tokenizer.vocab_size)
+
+    def init_params(self, rng):
+        r, n = self.main.data.resolution, self.main.cxr_irgen.prompt_len
+        return self.net.init(rng, ids=jnp.zeros((1, n), jnp.int32), mask=jnp.ones((1, n)),
+                             images=jnp.zeros((1, r, r, 1)))["params"]
+
+    def loss(self, params, batch, rng):
+        out = self.net.apply({"params": params}, batch["prompt_ids"], batch["prompt_mask"],
+                             aug.to_float(batch["frontal"]))
+        loss = clip_nn.clip_loss(out["text"][1], out["image"][1], out["logit_scale"], groups=label_groups(batch["labels"]))
+        return loss, {"logit_scale": jnp.exp(out["logit_scale"])}
+
+    def train_loader(self):
+        m = self.main
+        t = CxrInputs(self.tokenizer, m.data.resolution, prompt_len=m.cxr_irgen.prompt_len,
+                      uncertain_as=m.data.uncertain_as)
+        return self._loader(open_split(m.data, "train", views=("frontal",)), [t])
+
+
+class TextAutoencoderTask(StageTask):
+    stage = "language"
+
+    def __init__(self, config, tokenizer):
+        super().__init__(config, tokenizer)
+        self.net = report_model(config, tokenizer.vocab_size)
+
+    def init_params(self, rng):
+        n = self.main.cxr_irgen.report_len
+        return self.net.init(rng, jnp.zeros((1, n), jnp.int32), jnp.ones((1, n)))["params"]
+
+    def loss(self, params, batch, rng):
+        ids, mask = batch["report_ids"], batch["report_mask"]
+        logits = self.net.apply({"params": params}, ids, mask, deterministic=False, rngs={"dropout": rng})
+        return language.reconstruction_loss(logits, ids, mask), {"token_accuracy": language.token_accuracy(logits, ids, mask)}
+
+    def train_loader(self):
+        m = self.main
+        t = CxrInputs(self.tokenizer, m.data.resolution, report_len=m.cxr_irgen.report_len,
+                      sections=tuple(m.cxr_irgen.report_sections), images=False)
+        return self._loader(ReportSource(open_split(m.data, "train", views=("frontal",))), [t])
+
+
+class PriorTask(StageTask):
+    """Needs the frozen autoencoder (params, latent scale) and stage-1 text autoencoder params."""
+
+    stage = "prior"
+
+    def __init__(self, config, tokenizer, ae_params=None, latent_scale: float = 1.0, text_params=None):
+        super().__init__(config, tokenizer)
+        self.net = prior_model(config, tokenizer.vocab_size)
+        self.vae = AutoencoderKL(vae_config(config))
+        self.text = report_model(config, tokenizer.vocab_size)
+        self.ae_params, self.latent_scale, self.text_params = ae_params, float(latent_scale), text_params
+        if self.s.loss not in language.PRIOR_LOSSES:
+            raise ValueError(f"cxr_irgen.prior.loss={self.s.loss!r} is not one of {language.PRIOR_LOSSES}")
+
+    def init_params(self, rng):
+        side, ch = latent_side(self.main), self.main.cxr_irgen.autoencoder.latent_channels
+        return self.net.init(rng, jnp.zeros((1, side, side, ch)))["params"]
+
+    def loss(self, params, batch, rng):
+        k_z, k_drop = jax.random.split(rng)
+        posterior = self.vae.apply({"params": self.ae_params}, aug.to_float(batch["frontal"]), method=self.vae.encode)
+        latents = posterior.sample(k_z) * self.latent_scale
+        target = self.text.apply({"params": self.text_params}, batch["report_ids"], batch["report_mask"],
+                                 method=self.text.encode_report)
+        pred = self.net.apply({"params": params}, latents, deterministic=False, rngs={"dropout": k_drop})
+        loss = language.prior_loss(pred, target, self.s.loss, self.s.cosine_weight)
+        return loss, {"cosine": jnp.mean(language.cosine_similarity(pred, target))}
+
+    def train_loader(self):
+        m = self.main
+        t = CxrInputs(self.tokenizer, m.data.resolution, report_len=m.cxr_irgen.report_len,
+                      sections=tuple(m.cxr_irgen.report_sections), uncertain_as=m.data.uncertain_as)
+        return self._loader(IndexedSource(open_split(m.data, "train", views=("frontal",))), [t])

@@ -1,0 +1,245 @@
+"""CXR-IRGen training: the latent denoiser (U-ViT or U-Net) on frozen-autoencoder latents,
+conditioned on the frozen CLIP's label prompt and reference-image embeddings.
+
+`prepare()` first trains the prerequisite stages (stages.py) resumably in sub-directories, measures
+the latent scale and trains the evaluation classifier. The step then encodes the batch's frontal
+images with the frozen autoencoder (a posterior sample times the latent scale), encodes the prompt
+and the reference image with the frozen CLIP, and takes the epsilon (or v) loss of diffusion.py with
+10% conditioning dropout to the null condition (empty prompt, zero reference), so classifier-free
+guidance is meaningful (the official code never drops the condition; DESIGN §6). Conditioning:
+- U-Net: CLIP text token states (prompt padding masked) + the projected reference embedding as
+  one extra context token;
+- U-ViT: one token, the average of the pooled text and reference embeddings (the text alone
+  without the reference switch).
+The reference is a training image with the same labels, never the example itself; none: zeros.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from xray_gen.data import augment as aug
+from xray_gen.data.pipeline import make_loader, open_split, workdir_tokenizer
+from xray_gen.models.cxr_irgen import diffusion, stages
+from xray_gen.models.cxr_irgen.conditioning import ReferenceIndex
+from xray_gen.models.cxr_irgen.inputs import CxrInputs, IndexedSource, ReferenceImages, training_labels
+from xray_gen.nn.autoencoder_kl import AutoencoderKL
+from xray_gen.nn.unet2d import UNet2DConditionModel, UNetConfig
+from xray_gen.nn.uvit import UViT, uvit_config
+from xray_gen.training import loop
+
+BACKBONES = ("uvit", "unet")
+
+
+@flax.struct.dataclass
+class CxrIRGenState:
+    step: jax.Array
+    rng: jax.Array
+    params: dict  # the denoiser's
+    opt_state: optax.OptState
+    latent_scale: jax.Array  # 1 / std of the autoencoder's latents (measured after its training)
+
+
+class CxrIRGenTask(loop.Task):
+    name = "cxr_irgen"
+
+    def __init__(self, config, workdir: str | None = None):
+        super().__init__(config, workdir)
+        x = config.cxr_irgen
+        if x.backbone not in BACKBONES:
+            raise ValueError(f"cxr_irgen.backbone={x.backbone!r} is not one of {BACKBONES}")
+        if not workdir:
+            raise ValueError("CxrIRGenTask needs a workdir (its stages and tokenizer live there)")
+        self.tokenizer = workdir_tokenizer(self.prepared_root(), config.data, x.vocab_size)
+        vocab = self.tokenizer.vocab_size
+        self.vae = AutoencoderKL(stages.vae_config(config))
+        self.clip = stages.clip_model(config, vocab)
+        self.text_model = stages.report_model(config, vocab)
+        self.prior = stages.prior_model(config, vocab)
+        side, ch = stages.latent_side(config), x.autoencoder.latent_channels
+        self.latent_shape = (side, side, ch)
+        width = self.clip.text.width
+        emb = self.clip.text.projection_dim
+        if x.backbone == "unet":
+            if x.reference_image and emb != width:
+                raise ValueError(f"cxr_irgen.clip.projection_dim={emb} must equal cxr_irgen.clip.width={width} for the "
+                                 "U-Net: the reference embedding is one more token among the text token states")
+            u = x.unet
+            self.denoiser = UNet2DConditionModel(UNetConfig(
+                in_channels=ch, out_channels=ch, block_out_channels=tuple(u.block_out_channels),
+                cross_attn=tuple(u.cross_attn), layers_per_block=u.layers_per_block, num_heads=u.num_heads,
+                cross_attention_dim=width, norm_num_groups=u.norm_num_groups))
+            if side % self.denoiser.config.downsampling_factor:
+                raise ValueError(f"latent side {side} is not a multiple of the U-Net's downsampling factor "
+                                 f"{self.denoiser.config.downsampling_factor} (cxr_irgen.unet.block_out_channels)")
+        else:
+            self.denoiser = UViT(uvit_config(x.uvit.size, sample_size=side, in_channels=ch, patch_size=x.uvit.patch_size,
+                                             context_dim=emb, num_context_tokens=1))
+        self.schedule = diffusion.make_schedule(x.schedule, x.num_train_timesteps)
+        self.tx = optax.chain(optax.clip_by_global_norm(x.grad_clip),
+                              optax.adamw(x.learning_rate, weight_decay=x.weight_decay))
+        self._latent_scale = 1.0
+        self._frozen = None
+        self._references = None
+
+    # ---- prepared stages ------------------------------------------------------------------------
+    def prepared_root(self) -> str:
+        return self.config.cxr_irgen.get("prepared_dir") or self.workdir
+
+    def stage_dir(self, stage: str) -> str:
+        return os.path.join(self.prepared_root(), stage)
+
+    def classifier(self):
+        from xray_gen.models.classifier import PreparedClassifier
+
+        x = self.config.cxr_irgen
+        return PreparedClassifier(self.config.data, x.classifier_variant, x.classifier_steps,
+                                  os.path.join(self.prepared_root(), f"classifier_{self.config.data.resolution}"))
+
+    def _stage(self, name: str, train: bool):
+        """(task, params) of a stage, trained first (resumably) when `train`."""
+        c, tok = self.config, self.tokenizer
+        if name == "prior":
+            ae = self._stage("autoencoder", False)[1]
+            text = self._stage("language", False)[1]
+            task = stages.PriorTask(c, tok, ae, self.latent_scale(), text)
+        else:
+            task = {"autoencoder": stages.AutoencoderTask, "clip": stages.ClipTask,
+                    "language": stages.TextAutoencoderTask}[name](c, tok)
+        if train:
+            logging.info("CXR-IRGen: stage %s in %s", name, self.stage_dir(name))
+            loop.train(task, task.config, self.stage_dir(name))
+        state, _ = loop.restore_latest(task, task.config, self.stage_dir(name))
+        return task, state.params
+
+    def latent_scale(self) -> float:
+        path = os.path.join(self.stage_dir("autoencoder"), stages.LATENT_SCALE_FILE)
+        if not os.path.exists(path):
+            ae = self._stage("autoencoder", False)[1]
+            return stages.measure_latent_scale(self.config, ae, self.stage_dir("autoencoder"),
+                                               self.config.cxr_irgen.autoencoder.scale_images)
+        with open(path) as f:
+            return float(json.load(f)["latent_scale"])
+
+    def prepare(self) -> None:
+        """Trains every stage in order (each resumes where it stopped), measures the latent scale,
+        trains the evaluation classifier."""
+        for name in stages.STAGES:
+            if name == "prior":
+                self._latent_scale = self.latent_scale()
+            self._stage(name, train=True)
+        self.classifier().train()
+
+    def frozen(self) -> dict:
+        """{"autoencoder", "clip", "language", "prior"}: params of the trained stages (loaded once)."""
+        if self._frozen is None:
+            self._frozen = {name: self._stage(name, False)[1] for name in stages.STAGES}
+        return self._frozen
+
+    def references(self) -> ReferenceImages:
+        """Reference images drawn from the training split (index built once per run)."""
+        if self._references is None:
+            source = IndexedSource(open_split(self.config.data, "train", views=("frontal",)))
+            index = ReferenceIndex(training_labels(source.source))
+            self._references = ReferenceImages(source, index, self.config.data.resolution,
+                                               self.config.cxr_irgen.reference_fallback)
+        return self._references
+
+    # ---- conditioning ---------------------------------------------------------------------------
+    def condition(self, clip_params, prompt_ids, prompt_mask, reference=None, reference_flag=None) -> dict:
+        """The denoiser's condition pytree for a batch (see the module doc)."""
+        tokens, pooled = self.clip.apply({"params": clip_params}, prompt_ids, prompt_mask, method=self.clip.encode_text)
+        image = None
+        if self.config.cxr_irgen.reference_image:
+            _, image = self.clip.apply({"params": clip_params}, aug.to_float(reference), method=self.clip.encode_image)
+            image = image * reference_flag[:, None].astype(image.dtype)  # no reference: zero embedding
+        if self.config.cxr_irgen.backbone == "unet":
+            mask = prompt_mask.astype(jnp.float32)
+            if image is None:
+                return {"context": tokens, "mask": mask}
+            return {"context": jnp.concatenate([tokens, image[:, None, :].astype(tokens.dtype)], axis=1),
+                    "mask": jnp.concatenate([mask, jnp.ones_like(mask[:, :1])], axis=1)}
+        vector = pooled if image is None else 0.5 * (pooled + image)
+        return {"context": vector[:, None, :]}
+
+    def null_inputs(self, n: int = 1) -> dict:
+        """Prompt ids/mask of the empty prompt and a zero reference: the unconditional inputs."""
+        ids, mask = self.tokenizer.encode_flat("", self.config.cxr_irgen.prompt_len)
+        r = self.config.data.resolution
+        return {"prompt_ids": np.repeat(ids[None], n, 0), "prompt_mask": np.repeat(mask[None], n, 0),
+                "reference": np.zeros((n, r, r, 1), np.uint8), "reference_flag": np.zeros((n,), np.float32)}
+
+    def condition_of(self, clip_params, inputs: dict) -> dict:
+        return self.condition(clip_params, inputs["prompt_ids"], inputs["prompt_mask"], inputs.get("reference"),
+                              inputs.get("reference_flag"))
+
+    def denoise_fn(self, params):
+        if self.config.cxr_irgen.backbone == "unet":
+            return lambda x, t, c: self.denoiser.apply({"params": params}, x, t, c["context"], c["mask"])
+        return lambda x, t, c: self.denoiser.apply({"params": params}, x, t, c["context"])
+
+    # ---- pure functions -------------------------------------------------------------------------
+    def init(self, rng):
+        # The denoiser's init needs the condition's shapes only (no trained stage is read here, so
+        # the loop's abstract init works before prepare() and on restore).
+        null = jax.eval_shape(lambda p: self.condition_of(p, self.null_inputs()), self._clip_shapes())
+        null = [jnp.zeros(s.shape, s.dtype) for s in null.values()]
+        params = self.denoiser.init(jax.random.fold_in(rng, 1), jnp.zeros((1,) + self.latent_shape), jnp.zeros((1,)),
+                                    *null)["params"]
+        return CxrIRGenState(step=jnp.zeros((), jnp.int32), rng=jax.random.fold_in(rng, 2), params=params,
+                             opt_state=self.tx.init(params), latent_scale=jnp.float32(self._latent_scale))
+
+    def _clip_shapes(self):
+        n, r = self.config.cxr_irgen.prompt_len, self.config.data.resolution
+        return jax.eval_shape(lambda: self.clip.init(jax.random.PRNGKey(0), ids=jnp.zeros((1, n), jnp.int32),
+                                                     mask=jnp.ones((1, n)), images=jnp.zeros((1, r, r, 1)))["params"])
+
+    def encode_latents(self, ae_params, images_uint8, rng, latent_scale):
+        posterior = self.vae.apply({"params": ae_params}, aug.to_float(images_uint8), method=self.vae.encode)
+        z = posterior.mode() if rng is None else posterior.sample(rng)
+        return z * latent_scale
+
+    def train_step(self, state, batch):
+        x, frozen = self.config.cxr_irgen, self.frozen()
+        k_z, k_loss = jax.random.split(jax.random.fold_in(state.rng, state.step))
+        z = self.encode_latents(frozen["autoencoder"], batch["frontal"], k_z, state.latent_scale)
+        cond = self.condition_of(frozen["clip"], batch)
+        null = self.condition_of(frozen["clip"], jax.tree.map(jnp.asarray, self.null_inputs()))
+
+        def loss_fn(params):
+            return diffusion.training_loss(self.denoise_fn(params), self.schedule, z, cond, k_loss, x.prediction,
+                                           x.cond_drop_prob, null)
+
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
+        return new, {"loss": loss, "grad_norm": optax.global_norm(grads),
+                     "dropped": jnp.mean(aux["dropped"].astype(jnp.float32)), "latent_std": jnp.std(z)}
+
+    def train_loader(self):
+        c, x = self.config, self.config.cxr_irgen
+        self.frozen()  # host-side, before the loop traces the step (which closes over them)
+        t = CxrInputs(self.tokenizer, c.data.resolution, prompt_len=x.prompt_len,
+                      references=self.references() if x.reference_image else None, uncertain_as=c.data.uncertain_as)
+        return make_loader(IndexedSource(open_split(c.data, "train", views=("frontal",))), [t], c.train.batch_size,
+                           seed=c.seed, worker_count=c.data.worker_count)
+
+    # ---- sampling and evaluation ----------------------------------------------------------------
+    def sample(self, state, workdir: str, labels: str | None = None, labels_file: str | None = None,
+               image: str | None = None) -> dict:
+        from xray_gen.models.cxr_irgen import sampling
+
+        return sampling.sample(self, state, workdir, labels=labels, labels_file=labels_file, image=image)
+
+    def final_report(self, state, workdir: str) -> dict:
+        from xray_gen.models.cxr_irgen import evaluation
+
+        return evaluation.final_report(self, state, workdir)
