@@ -306,3 +306,29 @@ def rate(count: float, seconds: float) -> float | None:
 
 def strip_private(stats: dict, drop: Iterable[str] = ("compiled",)) -> dict:
     return {k: v for k, v in stats.items() if k not in set(drop)}
+
+
+def select_labels(labels: Sequence[str], spec: str | None) -> list[int]:
+    """Indices chosen by `--phases` (labels or indices, -1 = the last; all when empty), sorted."""
+    if not spec:
+        return list(range(len(labels)))
+    chosen = []
+    for item in parse_csv(spec):
+        if item.lstrip("-").isdigit() and -len(labels) <= int(item) < len(labels):
+            chosen.append(int(item) % len(labels))
+        elif item in labels:
+            chosen.append(list(labels).index(item))
+        else:
+            raise ValueError(f"unknown phase {item!r}; this variant has {', '.join(labels)} (or indices, -1 = the last)")
+    return sorted(set(chosen))
+
+
+def add_step_args(p, *, repeats_help: str, warmup_help: str) -> None:
+    """The options every per-phase step benchmark shares (timing, peak, PRNG, output)."""
+    p.add_argument("--steps", type=int, default=5, help="steps per timed repeat (dispatched back to back)")
+    p.add_argument("--repeats", type=int, default=3, help=repeats_help)
+    p.add_argument("--warmup", type=int, default=1, help=warmup_help)
+    p.add_argument("--peak_flops", type=float, default=150e9, help="declared peak FLOP/s for utilisation")
+    p.add_argument("--prng", default="threefry", choices=("threefry", "rbg", "unsafe_rbg"),
+                   help="key implementation: threefry is what training uses; rbg compiles much faster on CPU "
+                        "(--quick uses it), with different random streams")

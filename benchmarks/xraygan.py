@@ -54,18 +54,7 @@ def phase_label(kind: str, stage: int) -> str:
 
 def select_phases(task, spec: str | None) -> list[int]:
     """Phase indices from `--phases` (indices or labels such as warmup_32, gan_64); all by default."""
-    if not spec:
-        return list(range(len(task.phases)))
-    labels = [phase_label(kind, stage) for kind, stage, _ in task.phases]
-    chosen = []
-    for item in common.parse_csv(spec):
-        if item.lstrip("-").isdigit() and -len(labels) <= int(item) < len(labels):
-            chosen.append(int(item) % len(labels))
-        elif item in labels:
-            chosen.append(labels.index(item))
-        else:
-            raise ValueError(f"unknown phase {item!r}; this variant has {', '.join(labels)} (or indices, -1 = the last)")
-    return sorted(set(chosen))
+    return common.select_labels([phase_label(kind, stage) for kind, stage, _ in task.phases], spec)
 
 
 def make_key(seed: int, prng: str):
@@ -222,16 +211,11 @@ def parse_args(argv=None):
     p.add_argument("--variant", default="cpu", help="xraygan config variant: '' (paper), 'cpu', 'smoke', ablations")
     p.add_argument("--phases", default="", help="comma-separated phase labels (warmup_32, gan_64, ...) or indices (-1: the last); all by default "
                         "(--quick: the last)")
-    p.add_argument("--steps", type=int, default=5, help="steps per timed repeat (dispatched back to back)")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats per phase; the median and min are reported")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps (and sampling calls) after compilation")
+    common.add_step_args(p, repeats_help="timed repeats per phase; the median and min are reported",
+                         warmup_help="untimed steps (and sampling calls) after compilation")
     p.add_argument("--sample_repeats", type=int, default=10, help="timed sampling calls (batch of 1 report)")
     p.add_argument("--no_sampling", action="store_true", help="skip the sampling-latency measurement")
-    p.add_argument("--peak_flops", type=float, default=150e9, help="declared peak FLOP/s for utilisation")
     p.add_argument("--compile_only", action="store_true", help="compile, FLOPs and memory only (no steps run)")
-    p.add_argument("--prng", default="threefry", choices=("threefry", "rbg", "unsafe_rbg"),
-                   help="key implementation: threefry is what training uses; rbg compiles much faster on CPU "
-                        "(--quick uses it), with different random streams")
     p.add_argument("--workdir", default=None, help="task workdir (its tokenizer is reused if present); default a temp dir")
     p.add_argument("--quick", action="store_true", help="smoke variant, last phase, rbg keys, 2 timed steps (the tests)")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/xraygan_<variant>.json)")

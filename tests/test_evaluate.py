@@ -118,6 +118,7 @@ def test_end_to_end_with_classifier_and_vcn(tmp_path, networks):
     for view in ("frontal", "lateral"):
         f = m["fidelity"][view]
         assert f["fid"] >= 0 and np.isfinite(f["kid"]["mean"])
+        assert f["fid_ci"][0] <= f["fid"] <= f["fid_ci"][1]
         assert set(f["prdc"]) >= {"precision", "recall", "density", "coverage"}
         assert 0 <= f["prdc"]["coverage"] <= 1 and len(f["prdc"]["precision_ci"]) == 2
         assert 0 < f["ms_ssim_diversity"]["generated"] <= 1

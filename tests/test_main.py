@@ -44,3 +44,14 @@ def test_cli_help_explains_modes_with_an_example():
     assert "Traceback" not in result.stderr
     for text in ("train", "evaluate", "sample", "--config=configs/classifier.py:cpu"):
         assert text in result.stdout
+
+
+def test_sample_options_a_model_does_not_take_fail_before_restoring():
+    from xray_gen.configs import pggan as pggan_config
+
+    config = pggan_config.get_config("smoke")
+    with pytest.raises(ValueError, match="'pggan' does not take --labels when sampling"):
+        main.run(config, "/nonexistent-workdir", "sample", labels="Cardiomegaly")
+    config = classifier_config.get_config("smoke")
+    with pytest.raises(ValueError, match="not generative"):
+        main.run(config, "/nonexistent-workdir", "sample")

@@ -84,6 +84,9 @@ def test_planted_copies_raise_near_copy_rate(phantom_images):
         assert sorted(p["generated"] for p in pairs) == sorted(slots.tolist())
         assert all(p["train"] == src[list(slots).index(p["generated"])] for p in pairs)
         assert nc["reference_rate"] <= 0.05 and np.isfinite(nc["median_ratio"])
+        ref_d = np.asarray(out[space]["reference_distances"])  # one per reference image, for the histogram
+        assert ref_d.shape == (out["n_reference"],) and np.all(ref_d >= 0)
+        assert np.median(ref_d) == pytest.approx(nc["reference"]["median"], rel=1e-5)
     # Without planted copies the rate is ~ the percentile.
     base = privacy.image_privacy(test[30:60], reference, train, top_k=3, query_chunk=16, train_chunk=16,
                                  n_boot=50)

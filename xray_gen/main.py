@@ -15,12 +15,17 @@ with --config.data.manual_dir=YOUR_COPY for real data (never downloaded by xray_
 
 Example:
   python -m xray_gen.main --config=configs/classifier.py:cpu --workdir=/tmp/classifier
+
+Several processes (hosts/GPUs): the same command in each; on SLURM and TPU pods the cluster is
+detected, elsewhere add --coordinator_address=HOST:PORT --num_processes=N --process_id=I
+(see launch/ and xray_gen/training/distributed.py).
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import json
 import sys
 
@@ -34,6 +39,9 @@ MODELS = {
     "classifier": "xray_gen.models.classifier:ClassifierTask",
     "vcn": "xray_gen.models.vcn:VCNTask",
     "xraygan": "xray_gen.models.xraygan.task:XRayGANTask",
+    "pggan": "xray_gen.models.pggan.task:PGGANTask",
+    "emixer": "xray_gen.models.emixer.task:EmixerTask",
+    "cxr_irgen": "xray_gen.models.cxr_irgen.task:CxrIRGenTask",
 }
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -43,6 +51,13 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do: " + ", ".join(MODES) + ".")
 _REPORT = flags.DEFINE_string("report", None, 'sample: one report, e.g. "FINDINGS: ... IMPRESSION: ..."')
 _REPORT_FILE = flags.DEFINE_string("report_file", None, "sample: a text file (one report), or .jsonl/.csv of many")
+_LABELS = flags.DEFINE_string("labels", None, 'sample: findings to condition on, e.g. "Cardiomegaly,Pleural Effusion"')
+_LABELS_FILE = flags.DEFINE_string("labels_file", None, "sample: a CSV of label vectors (one row per sample)")
+_IMAGE = flags.DEFINE_string("image", None, "sample: an X-ray image (PNG) to write a report for")
+SAMPLE_FLAGS = ("report", "report_file", "labels", "labels_file", "image")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "multi-process: HOST:PORT of process 0 (env JAX_COORDINATOR_ADDRESS)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-process: number of processes (env JAX_NUM_PROCESSES)")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-process: this process's index (env JAX_PROCESS_ID)")
 
 
 def make_task(config, workdir: str | None = None):
@@ -64,14 +79,24 @@ def run(config, workdir: str, mode: str, **sample_options):
     task = make_task(config, workdir)
     if mode == "train":
         return loop.train(task, config, workdir)
+    if mode == "sample":
+        _check_sample_options(task, config.model, sample_options)  # before the (slow) restore
     state, _ = loop.restore_latest(task, config, workdir)
     if mode == "evaluate":
         result = task.final_report(state, workdir)
         logging.info("evaluation: %s", json.dumps(result, default=str)[:2000])
         return result
-    if not hasattr(task, "sample"):
-        raise ValueError(f"model {config.model!r} is not generative: valid modes for it are train, evaluate")
     return task.sample(state, workdir, **sample_options)
+
+
+def _check_sample_options(task, model: str, sample_options: dict) -> None:
+    if not hasattr(task, "sample"):
+        raise ValueError(f"model {model!r} is not generative: valid modes for it are train, evaluate")
+    accepted = [name for name in inspect.signature(task.sample).parameters if name in SAMPLE_FLAGS]
+    unknown = [name for name in sample_options if name not in accepted]
+    if unknown:
+        raise ValueError(f"model {model!r} does not take --{', --'.join(unknown)} when sampling; "
+                         f"it takes: {', '.join('--' + a for a in accepted) or 'no sampling options'}")
 
 
 def _unknown_config_keys(argv) -> list[str]:
@@ -113,13 +138,17 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("--config and --workdir are required (see --help)")
+    from xray_gen.training import distributed
+
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)  # before any device use
     logging.info(
         "JAX %s: process %d/%d, %d local / %d global devices (%s)", jax.__version__, jax.process_index(),
         jax.process_count(), jax.local_device_count(), jax.device_count(), jax.default_backend(),
     )
-    sample_options = {k: v for k, v in (("report", _REPORT.value), ("report_file", _REPORT_FILE.value)) if v is not None}
+    values = dict(zip(SAMPLE_FLAGS, (_REPORT.value, _REPORT_FILE.value, _LABELS.value, _LABELS_FILE.value, _IMAGE.value)))
+    sample_options = {k: v for k, v in values.items() if v is not None}
     if sample_options and _MODE.value != "sample":
-        raise app.UsageError("--report/--report_file only apply to --mode=sample")
+        raise app.UsageError(f"--{', --'.join(sample_options)} only apply to --mode=sample")
     run(_CONFIG.value, _WORKDIR.value, _MODE.value, **sample_options)
 
 

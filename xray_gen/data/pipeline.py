@@ -18,7 +18,8 @@ from PIL import Image
 
 from xray_gen.data.schema import binarize
 
-SOURCES = ("phantom", "openi", "mimic_cxr", "chestxray14", "chexpert")
+# "archive": a labelled synthetic archive (data/archive_source.py), for training on synthetic data.
+SOURCES = ("phantom", "openi", "mimic_cxr", "chestxray14", "chexpert", "archive")
 SPLITS = ("train", "validation", "test")
 
 
@@ -99,6 +100,10 @@ def open_split(data_config, split: str, views: Sequence[str] = ("frontal", "late
             f"data.source={name!r} reads your own downloaded copy: set --config.data.manual_dir=DIR "
             "(credentialed datasets are never downloaded by xray_gen)"
         )
+    if name == "archive":  # a labelled synthetic archive (frontal only; train/validation, no test)
+        from xray_gen.data.archive_source import ArchiveSource
+
+        return ArchiveSource.from_data_config(data_config, split)
     from xray_gen.data import builders
 
     options = builder_options(data_config, views)
@@ -231,23 +236,19 @@ def make_loader(
     worker_count: int = 0,
     drop_remainder: bool = True,
 ) -> grain.DataLoader:
-    """A grain DataLoader yielding this process's share of each global batch."""
+    """A grain DataLoader yielding this process's rows of each global batch (samplers.GlobalBatchSampler)."""
     import jax
 
+    from xray_gen.data.samplers import GlobalBatchSampler
+
     n_proc = jax.process_count()
-    if global_batch_size % n_proc:
-        raise ValueError(f"batch size {global_batch_size} is not divisible by {n_proc} processes")
-    sampler = grain.samplers.IndexSampler(
-        num_records=len(source),
-        shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
-        shuffle=shuffle,
-        num_epochs=num_epochs,
-        seed=seed,
-    )
+    sampler = GlobalBatchSampler(len(source), global_batch_size, shuffle=shuffle, num_epochs=num_epochs, seed=seed,
+                                 process_index=jax.process_index(), process_count=n_proc)
     ops = list(transforms) + [grain.transforms.Batch(global_batch_size // n_proc, drop_remainder=drop_remainder)]
     return grain.DataLoader(
         data_source=source,
         sampler=sampler,
+        shard_options=grain.sharding.NoSharding(),
         operations=ops,
         worker_count=worker_count,
         read_options=grain.ReadOptions(num_threads=max(1, min(4, worker_count or 1)), prefetch_buffer_size=8),

@@ -532,6 +532,7 @@ def image_privacy(generated_images, reference_images, train_images, *,
         "near_copy": near_copy_summary(d[:n_gen], d[n_gen:], percentile=percentile, n_boot=n_boot,
                                        seed=seed, alpha=alpha),
         "closest_pairs": closest_pairs(d[:n_gen], idx[:n_gen], top_k),
+        "reference_distances": d[n_gen:].tolist(),  # real held-out -> train: the histogram's yardstick
     }
     if use_features:
         d2, idx = feat.result()
@@ -542,6 +543,7 @@ def image_privacy(generated_images, reference_images, train_images, *,
             "near_copy": near_copy_summary(d[:n_gen], d[n_gen:], percentile=percentile, n_boot=n_boot,
                                            seed=seed, alpha=alpha),
             "closest_pairs": closest_pairs(d[:n_gen], idx[:n_gen], top_k),
+            "reference_distances": d[n_gen:].tolist(),
         }
         if feat.seen != n_train and joint:
             raise AssertionError("feature and pixel passes saw different training sets")

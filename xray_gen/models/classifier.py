@@ -112,7 +112,7 @@ class ClassifierTask(loop.Task):
             step=jnp.zeros((), jnp.int32),
             rng=jax.random.fold_in(rng, 1),
             params=variables["params"],
-            batch_stats=variables["batch_stats"],
+            batch_stats=variables.get("batch_stats", {}),  # {} for networks without batch norm
             opt_state=self.tx.init(variables["params"]),
             lr_scale=jnp.ones((), jnp.float32),
             pos_weight=jnp.asarray(pos),
@@ -129,7 +129,7 @@ class ClassifierTask(loop.Task):
                 {"params": params, "batch_stats": state.batch_stats}, images, train=True, mutable=["batch_stats"]
             )
             loss = weighted_bce(logits, batch["targets"], batch["label_mask"], state.pos_weight, state.neg_weight)
-            return loss, (updates["batch_stats"], logits)
+            return loss, (updates.get("batch_stats", {}), logits)
 
         return jax.value_and_grad(loss_fn, has_aux=True)(state.params)
 
@@ -249,3 +249,28 @@ class ClassifierTask(loop.Task):
         path = os.path.join(workdir, "eval", f"classifier_{c.eval.split}.json")
         write_result_json(path, metrics, protocol)
         return metrics
+
+
+class PreparedClassifier:
+    """The in-domain classifier a generative model trains once (resumably) in `directory` and
+    then loads: FID features, clinical AUROC, labels of generated images. Its config is the
+    classifier's `variant` on the model's own data config, so it sees the model's images."""
+
+    def __init__(self, data_config, variant: str, num_steps: int, directory: str):
+        from xray_gen.configs import classifier as classifier_configs
+
+        cc = classifier_configs.get_config(variant)
+        cc.data = data_config.copy_and_resolve_references()
+        cc.train.num_steps = num_steps
+        cc.train.eval_every = num_steps  # one validation at the end: Youden thresholds, AUROC in its logs
+        self.config, self.directory = cc, directory
+        self.task = ClassifierTask(cc)
+
+    def train(self) -> None:
+        logging.info("training the evaluation classifier in %s", self.directory)
+        loop.train(self.task, self.config, self.directory)
+
+    def load(self):
+        """(task, state): the task carries the validation Youden thresholds of the checkpoint."""
+        state, _ = loop.restore_latest(self.task, self.config, self.directory)
+        return self.task, state

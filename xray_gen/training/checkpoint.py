@@ -3,6 +3,9 @@
 A checkpoint holds the state pytree (params, optimiser states, EMA, step, RNG) plus a JSON `meta`
 record with everything else an exact resume needs: the data-iterator position, the training phase
 (stage / resolution / fade-in), host-side schedules (e.g. plateau trackers) and the config.
+Every process calls `save` and `restore` (orbax coordinates them; the directory must be shared).
+Arrays are written once as global arrays; `meta` is written by process 0, so per-process values
+(each process's data position) are gathered into it first: see `data_meta`.
 Orbax writes to a temporary directory and renames on completion, so a run killed mid-save resumes
 from the previous complete checkpoint.
 """
@@ -14,6 +17,8 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from xray_gen.training.distributed import all_gather_text
 
 
 class Checkpointer:
@@ -69,3 +74,30 @@ def abstract_with_sharding(abstract_state: Any, sharding) -> Any:
     if not isinstance(sharding, jax.sharding.Sharding):
         return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, sharding)
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract_state)
+
+
+def data_meta(position: str) -> dict:
+    """The data-position entries of a checkpoint's `meta`; a collective, so every process calls it.
+
+    `data` is process 0's grain iterator state (all a single-process run has). Each process of a
+    multi-process run reads its own rows of every global batch and has its own state, so
+    `data_by_process` then keeps them all, by process index, and each process resumes from its own.
+    """
+    positions = all_gather_text(position)
+    meta = {"data": positions[0]}
+    if len(positions) > 1:
+        meta["data_by_process"] = positions
+    return meta
+
+
+def local_data_position(meta: dict) -> str | None:
+    """This process's data position in a checkpoint's `meta`; the process count must be the saved one."""
+    saved = meta.get("data_by_process") or ([meta["data"]] if meta.get("data") else None)
+    if saved is None:
+        return None
+    if len(saved) != jax.process_count():
+        raise ValueError(
+            f"the checkpoint holds data positions of {len(saved)} process(es) but this run has "
+            f"{jax.process_count()}: resume with --num_processes={len(saved)}"
+        )
+    return saved[jax.process_index()]

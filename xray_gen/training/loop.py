@@ -5,6 +5,10 @@ the loop owns everything else: mesh and shardings, jit with donation, device pre
 critical path, resume from the latest orbax checkpoint (state + data position + host schedules),
 clu logging with progress, a non-finite guard that names the step and term and refuses to
 checkpoint a bad state, and SIGTERM -> checkpoint -> clean exit.
+
+Multi-process runs (training/distributed.py) run this same loop in every process: each feeds its
+rows of the global batch, only process 0 writes logs, all save and restore together (each with its
+own data position), and a SIGTERM seen by any process stops all of them at the next log step.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from xray_gen.training import records
-from xray_gen.training.checkpoint import Checkpointer, abstract_with_sharding
+from xray_gen.training import distributed, records
+from xray_gen.training.checkpoint import Checkpointer, abstract_with_sharding, data_meta, local_data_position
 from xray_gen.training.sharding import batch_sharding, make_mesh, replicated, to_global
 
 
@@ -192,7 +196,7 @@ def train(task: Task, config, workdir: str):
         writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
     step = int(jax.device_get(state.step))
     phase = task.phase(step)
-    resume_position = meta.get("data") if meta.get("phase", 0) == phase else None
+    resume_position = local_data_position(meta) if meta.get("phase", 0) == phase else None
     if meta and resume_position is None:  # the checkpoint closed the previous phase
         state = task.enter_phase(state, phase)
 
@@ -206,7 +210,7 @@ def train(task: Task, config, workdir: str):
         return _DevicePrefetcher(iterator, mesh, size=config.data.prefetch), jitted
 
     def save(position):
-        ckpt.save(step, state, {"data": position, "phase": phase, "task": task.host_state(),
+        ckpt.save(step, state, {**data_meta(position), "phase": phase, "task": task.host_state(),
                                 "config": config.to_json_best_effort()})
 
     progress = periodic_actions.ReportProgress(num_train_steps=tc.num_steps, writer=writer, every_steps=tc.log_every)
@@ -227,7 +231,7 @@ def train(task: Task, config, workdir: str):
                 step += 1
                 pending.append((step, metrics))
                 progress(step)
-                stop = preemption.requested or step == tc.get("stop_at_step", -1)
+                stop = _preempted(preemption, step, tc.log_every) or step == tc.get("stop_at_step", -1)
                 eval_now = tc.eval_every > 0 and (step % tc.eval_every == 0 or step == tc.num_steps)
                 save_now = step % tc.checkpoint_every == 0 or step == tc.num_steps or stop
                 if pending and (step % tc.log_every == 0 or eval_now or save_now):
@@ -247,6 +251,14 @@ def train(task: Task, config, workdir: str):
         ckpt.close()
         writer.flush()
     return state
+
+
+def _preempted(preemption: _Preemption, step: int, sync_every: int) -> bool:
+    """Whether to stop for a SIGTERM now. Processes may see the signal at different steps, so with
+    several they agree every `sync_every` steps (one tiny all-gather beside the metrics' host sync)."""
+    if jax.process_count() == 1:
+        return preemption.requested
+    return step % max(1, sync_every) == 0 and distributed.any_process(preemption.requested)
 
 
 def restore_latest(task: Task, config, workdir: str, step: int | None = None):

@@ -42,6 +42,9 @@ def fidelity(ctx: Context) -> Dict[str, Any]:
             rf, _ = ctx.classified("ref", view)
             feats = (gf, rf)
             v["fid"] = _fid(gf, rf)
+            if ctx.bootstrap:  # spread over the generated set, re-centred on the point value
+                _, lo, hi = fid.fid_bootstrap_ci(gf, fid.FeatureStats.from_features(rf), n=ctx.bootstrap, seed=ctx.seed)
+                v["fid_ci"] = [lo, hi]
             subset = min(1000, max(2, min(len(gf), len(rf)) // 2))
             km, ks = fid.kid(gf, rf, num_subsets=100, max_subset_size=subset, seed=ctx.seed)
             v["kid"] = {"mean": km, "std": ks, "subset_size": subset, "num_subsets": 100}

@@ -44,6 +44,7 @@ def privacy(ctx: Context) -> Dict[str, Any]:
             nc = block["near_copy"]
             ctx.histograms[f"nearest-train distance {view}/{space}"] = {
                 "values": [p["distance"] for p in allpairs],
+                "reference_values": block.pop("reference_distances"),  # kept out of the JSON (one per image)
                 "thresholds": {"near-copy threshold (reference p{:g})".format(nc["percentile"]): nc["threshold"],
                                "reference p5": nc["reference"]["p5"],
                                "reference median": nc["reference"]["median"]}}

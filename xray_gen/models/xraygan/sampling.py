@@ -15,9 +15,9 @@ import os
 import re
 
 import numpy as np
-from PIL import Image
 
 from xray_gen.data.reports import extract_sections, split_sentences
+from xray_gen.images import write_png
 
 
 def _item(raw: dict, default_id: str) -> dict:
@@ -91,17 +91,4 @@ def write_pair(directory: str, frontal: np.ndarray, lateral: np.ndarray, suffix:
     """Writes frontal/lateral PNGs (float [-1, 1] (H, W[, 1]) arrays)."""
     os.makedirs(directory, exist_ok=True)
     for name, image in (("frontal", frontal), ("lateral", lateral)):
-        Image.fromarray(to_uint8(image)).save(os.path.join(directory, f"{name}{suffix}.png"))
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image, np.float32).squeeze()
-    return np.clip((image + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-
-
-def write_grid(path: str, rows: list[list[np.ndarray]]) -> None:
-    """One PNG with a row per report: its images side by side (all the same size)."""
-    tiles = [np.concatenate([to_uint8(im) for im in row], axis=1) for row in rows]
-    width = max(t.shape[1] for t in tiles)
-    tiles = [np.pad(t, ((0, 0), (0, width - t.shape[1]))) for t in tiles]
-    Image.fromarray(np.concatenate(tiles, axis=0)).save(path)
+        write_png(os.path.join(directory, f"{name}{suffix}.png"), image)

@@ -26,6 +26,7 @@ from xray_gen.data import augment as aug
 from xray_gen.data.pipeline import ReportInputs, ToModelInputs, make_loader, open_split, workdir_tokenizer
 from xray_gen.data.schema import CHEXPERT_LABELS
 from xray_gen.files import atomic_open
+from xray_gen.images import write_grid
 from xray_gen.models.xraygan import losses
 from xray_gen.models.xraygan.networks import OneShotGenerator, PatchDiscriminator, XRayGANGenerator
 from xray_gen.nn.text import FlatReportEncoder, HierarchicalReportEncoder
@@ -113,20 +114,16 @@ class XRayGANTask(loop.Task):
         vc.train.eval_every = vc.train.num_steps  # one evaluation, at the end (AUROC in its workdir's logs)
         return vc
 
-    def classifier_config(self) -> ml_collections.ConfigDict:
-        from xray_gen.configs import classifier as classifier_configs
+    def classifier(self):
+        from xray_gen.models.classifier import PreparedClassifier
 
-        cc = classifier_configs.get_config(self.config.xraygan.classifier_variant)
-        cc.data = self.config.data.copy_and_resolve_references()
-        cc.train.num_steps = self.config.xraygan.classifier_steps
-        cc.train.eval_every = cc.train.num_steps
-        return cc
+        x = self.config.xraygan
+        return PreparedClassifier(self.config.data, x.classifier_variant, x.classifier_steps, self.classifier_dir())
 
     def prepare(self) -> None:
         """Trains (once, resumably) what training and evaluation lean on: the VCN of every stage
         resolution (frozen reward; also the evaluation's VC score, so even `wo_vcn` has them) and
         the in-domain classifier at the final resolution (FID features, clinical AUROC)."""
-        from xray_gen.models.classifier import ClassifierTask
         from xray_gen.models.vcn import VCNTask
 
         for stage in range(self.config.xraygan.num_stages):
@@ -134,9 +131,7 @@ class XRayGANTask(loop.Task):
             logging.info("XRayGAN: training the frozen VCN at %d px in %s", res, self.vcn_dir(res))
             vc = self.vcn_config(res)
             loop.train(VCNTask(vc), vc, self.vcn_dir(res))
-        logging.info("XRayGAN: training the evaluation classifier in %s", self.classifier_dir())
-        cc = self.classifier_config()
-        loop.train(ClassifierTask(cc), cc, self.classifier_dir())
+        self.classifier().train()
 
     def _prepared_root(self) -> str:
         """Where the frozen VCNs and the evaluation classifier live: `xraygan.prepared_dir` lets
@@ -320,7 +315,7 @@ class XRayGANTask(loop.Task):
                 logging.info("report %s: %s", item["id"], note)
         os.makedirs(out_dir, exist_ok=True)
         if rows:
-            sampling.write_grid(os.path.join(out_dir, "grid.png"), rows)
+            write_grid(os.path.join(out_dir, "grid.png"), rows)
         summary_path = os.path.join(out_dir, "summary.json")
         previous = {}
         if os.path.exists(summary_path):  # earlier sampling calls into this workdir keep their entries
@@ -352,7 +347,6 @@ class XRayGANTask(loop.Task):
         from xray_gen.evaluation import fid
         from xray_gen.evaluation.metrics import multilabel_auroc, ssim
         from xray_gen.evaluation.protocol import model_protocol, write_result_json
-        from xray_gen.models.classifier import ClassifierTask
         from xray_gen.training.inference import predict
         from xray_gen.training.sharding import make_mesh
 
@@ -363,9 +357,7 @@ class XRayGANTask(loop.Task):
         loader = make_loader(open_split(c.data, c.eval.split), transforms, c.eval.batch_size, seed=c.seed,
                              shuffle=False, num_epochs=1, drop_remainder=False)
         vcn_net, vcn_vars = self.vcn(last)
-        cc = self.classifier_config()
-        classifier = ClassifierTask(cc)
-        cls_state, _ = loop.restore_latest(classifier, cc, self.classifier_dir())
+        classifier, cls_state = self.classifier().load()
         cls_vars = {"params": cls_state.params, "batch_stats": cls_state.batch_stats}
 
         def fn(st, batch):
