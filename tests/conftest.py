@@ -15,6 +15,15 @@ import jax  # noqa: E402
 
 # One persistent compilation cache for the session: the XRayGAN runs (smoke, resume) rebuild the same
 # phase steps in each `main.run`, and identical programs then compile once. Set before any compile.
-jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="xray_gen_jax_cache_"))
+# Under pytest-xdist (pyproject's addopts) the workers of one run share it: their run id names it,
+# and a size limit switches on JAX's file lock, so two workers never read a half-written entry.
+_run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+if _run_id:
+    _cache_dir = os.path.join(tempfile.gettempdir(), f"xray_gen_jax_cache_{_run_id}")
+    os.makedirs(_cache_dir, exist_ok=True)
+    jax.config.update("jax_compilation_cache_max_size", 16 * 2**30)
+else:
+    _cache_dir = tempfile.mkdtemp(prefix="xray_gen_jax_cache_")
+jax.config.update("jax_compilation_cache_dir", _cache_dir)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
