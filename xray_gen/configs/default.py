@@ -53,7 +53,13 @@ def get_default() -> ml_collections.ConfigDict:
     c.eval.inception_weights = ""  # converted Inception-v3 (weights_import): adds Inception FID and IS
 
     c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1  # data-parallel devices (-1: all)
+    c.mesh.data = -1  # model replicas (-1: every device left after mesh.model)
+    # FSDP: devices that share one copy of the parameters and optimiser state, each holding a slice
+    # of every array of at least shard_min_size elements (largest dimension the axis divides);
+    # the batch is split over all devices either way. 1 = plain data parallelism.
+    c.mesh.model = 1
+    c.mesh.shard_min_size = 2 ** 14
+    c.mesh.shard_rules = ""  # JSON [[regex on 'params/…/kernel', dim or null], …], first match wins
     return c
 
 

@@ -25,7 +25,7 @@ from xray_gen.evaluation.metrics import multilabel_auroc, youden_thresholds
 from xray_gen.nn.densenet import DenseNet
 from xray_gen.training import loop
 from xray_gen.training.inference import predict
-from xray_gen.training.sharding import make_mesh, replicated
+from xray_gen.training.sharding import mesh_for, replicated
 from xray_gen.training.summaries import write_input_grid
 
 
@@ -151,7 +151,7 @@ class ClassifierTask(loop.Task):
 
     # ---- evaluation -------------------------------------------------------------------------
     def scores(self, state, split: str, limit: int | None = None) -> dict:
-        mesh = make_mesh(self.config.mesh.data)
+        mesh = mesh_for(self.config)
         return predict(self.predict_fn, state, self.eval_loader(split), mesh, self.config.eval.batch_size, limit)
 
     def evaluate(self, state, step: int):
@@ -170,7 +170,7 @@ class ClassifierTask(loop.Task):
                 t["lr_scale"] *= c.classifier.plateau.factor
                 t["bad_evals"] = 0
                 logging.info("validation AUROC plateaued: learning-rate scale -> %g", t["lr_scale"])
-        state = state.replace(lr_scale=jax.device_put(jnp.float32(t["lr_scale"]), replicated(make_mesh(c.mesh.data))))
+        state = state.replace(lr_scale=jax.device_put(jnp.float32(t["lr_scale"]), replicated(mesh_for(c))))
         metrics = {"macro_auroc": auroc["macro"], "best_macro_auroc": t["best"]}
         metrics.update({f"auroc/{k}": v for k, v in auroc.items() if k != "macro" and np.isfinite(v)})
         return state, metrics

@@ -25,7 +25,7 @@ from xray_gen.evaluation.metrics import multilabel_auroc
 from xray_gen.nn.resnet import ResNet
 from xray_gen.training import loop
 from xray_gen.training.inference import predict
-from xray_gen.training.sharding import make_mesh
+from xray_gen.training.sharding import mesh_for
 from xray_gen.training.summaries import write_input_grid
 
 
@@ -149,7 +149,7 @@ class VCNTask(loop.Task):
         return {"pos": jax.nn.sigmoid(pos), "neg": jax.nn.sigmoid(neg), "neg_valid": batch["patient"] != jnp.roll(batch["patient"], 1)}
 
     def scores(self, state, split, limit=None):
-        mesh = make_mesh(self.config.mesh.data)
+        mesh = mesh_for(self.config)
         return predict(self.predict_fn, state, self.eval_loader(split), mesh, self.config.eval.batch_size, limit)
 
     def evaluate(self, state, step: int):

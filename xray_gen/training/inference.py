@@ -15,13 +15,14 @@ def predict(fn: Callable[[Any, dict], dict], state, loader, mesh, batch_size: in
     """Runs `fn(state, batch) -> dict of per-example arrays` over `loader`; returns host numpy arrays.
 
     Outputs are replicated, so every process gets the whole split's predictions (multi-host safe).
+    `state` keeps the sharding it has (replicated, or split over the model axis by FSDP).
     """
     def with_validity(state, batch):
         out = fn(state, batch)
         out["_valid"] = batch["_valid"]
         return out
 
-    jitted = jax.jit(with_validity, in_shardings=(replicated(mesh), batch_sharding(mesh)), out_shardings=replicated(mesh))
+    jitted = jax.jit(with_validity, in_shardings=(None, batch_sharding(mesh)), out_shardings=replicated(mesh))
     local_batch = batch_size // jax.process_count()
     outputs: dict[str, list] = {}
     seen = 0

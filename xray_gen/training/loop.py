@@ -28,7 +28,7 @@ from clu import metric_writers, periodic_actions
 
 from xray_gen.training import distributed, records
 from xray_gen.training.checkpoint import Checkpointer, abstract_with_sharding, data_meta, local_data_position
-from xray_gen.training.sharding import batch_sharding, make_mesh, replicated, to_global
+from xray_gen.training.sharding import batch_sharding, mesh_for, replicated, state_shardings_for, to_global
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -177,7 +177,7 @@ def _check_and_average(pending: list[tuple[int, dict]]) -> dict[str, float]:
 def train(task: Task, config, workdir: str):
     """Trains `task` to `config.train.num_steps`, resuming from `workdir` if it holds checkpoints."""
     tc = config.train
-    mesh = make_mesh(config.mesh.data)
+    mesh = mesh_for(config)
     records.write_run_records(workdir, config)
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=tc.max_to_keep)
@@ -185,24 +185,25 @@ def train(task: Task, config, workdir: str):
 
     rng = jax.random.PRNGKey(config.seed)
     abstract = jax.eval_shape(task.init, rng)
+    state_sh = state_shardings_for(config, mesh, abstract)  # replicated unless mesh.model > 1 (FSDP)
     meta = {}
     if ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(abstract_with_sharding(abstract, rep))
+        state, meta = ckpt.restore(abstract_with_sharding(abstract, state_sh))
         task.load_host_state(meta.get("task", {}))
         logging.info("Resumed %s from step %d in %s", task.name, ckpt.latest_step(), ckpt.directory)
     else:
         task.prepare()
-        state = jax.jit(task.init, out_shardings=rep)(rng)
+        state = jax.jit(task.init, out_shardings=state_sh)(rng)
         writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
     step = int(jax.device_get(state.step))
     phase = task.phase(step)
     resume_position = local_data_position(meta) if meta.get("phase", 0) == phase else None
     if meta and resume_position is None:  # the checkpoint closed the previous phase
-        state = task.enter_phase(state, phase)
+        state = jax.device_put(task.enter_phase(state, phase), state_sh)
 
     def start_phase(p, position=None):
         """(prefetcher, jitted step) of phase `p`: one compilation per phase; `position` resumes its data."""
-        jitted = jax.jit(task.phase_step(p), in_shardings=(rep, batch_sharding(mesh)), out_shardings=(rep, rep),
+        jitted = jax.jit(task.phase_step(p), in_shardings=(state_sh, batch_sharding(mesh)), out_shardings=(state_sh, rep),
                          donate_argnums=0)
         iterator = iter(task.phase_loader(p))
         if position:
@@ -224,7 +225,7 @@ def train(task: Task, config, workdir: str):
                     prefetcher.close()
                     phase = task.phase(step)
                     logging.info("Step %d: entering phase %d", step, phase)
-                    state = task.enter_phase(state, phase)
+                    state = jax.device_put(task.enter_phase(state, phase), state_sh)
                     prefetcher, step_fn = start_phase(phase)
                 batch, position = next(prefetcher)
                 state, metrics = step_fn(state, batch)
@@ -263,11 +264,11 @@ def _preempted(preemption: _Preemption, step: int, sync_every: int) -> bool:
 
 def restore_latest(task: Task, config, workdir: str, step: int | None = None):
     """(state, meta) of the latest (or given) checkpoint of a run, for evaluation and sampling."""
-    mesh = make_mesh(config.mesh.data)
+    mesh = mesh_for(config)
     abstract = jax.eval_shape(task.init, jax.random.PRNGKey(config.seed))
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
     try:
-        state, meta = ckpt.restore(abstract_with_sharding(abstract, replicated(mesh)), step)
+        state, meta = ckpt.restore(abstract_with_sharding(abstract, state_shardings_for(config, mesh, abstract)), step)
     finally:
         ckpt.close()
     task.load_host_state(meta.get("task", {}))

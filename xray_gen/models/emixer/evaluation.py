@@ -45,7 +45,7 @@ def _real_outputs(task, state, cls_net, cls_vars):
     """Per study of the eval split: classifier probs/features, F's report ids, labels, image."""
     from xray_gen.data.pipeline import ToModelInputs, make_loader, open_split
     from xray_gen.training.inference import predict
-    from xray_gen.training.sharding import make_mesh
+    from xray_gen.training.sharding import mesh_for
 
     c = task.config
     beam = int(c.sample.get("beam_size", 0))
@@ -62,7 +62,7 @@ def _real_outputs(task, state, cls_net, cls_vars):
                 "labels": batch["labels"], "targets": batch["targets"], "label_mask": batch["label_mask"],
                 "images": batch["frontal"]}
 
-    return predict(fn, {"cls": cls_vars, "F": state.gen["F"]}, loader, make_mesh(c.mesh.data), c.eval.batch_size,
+    return predict(fn, {"cls": cls_vars, "F": state.gen["F"]}, loader, mesh_for(c), c.eval.batch_size,
                    c.eval.num_examples)
 
 

@@ -25,7 +25,7 @@ from xray_gen.data.schema import CHEXPERT_LABELS
 from xray_gen.evaluation import fid, synthetic
 from xray_gen.evaluation.metrics import multilabel_auroc
 from xray_gen.training.inference import predict
-from xray_gen.training.sharding import make_mesh
+from xray_gen.training.sharding import mesh_for
 
 
 def _real_outputs(cls_task, cls_state, config):
@@ -38,7 +38,7 @@ def _real_outputs(cls_task, cls_state, config):
                 "mask": batch["label_mask"], "patient": batch["patient"], "images": batch["frontal"]}
 
     loader = cls_task.eval_loader(config.eval.split)
-    return predict(fn, cls_state, loader, make_mesh(config.mesh.data), config.eval.batch_size, config.eval.num_examples)
+    return predict(fn, cls_state, loader, mesh_for(config), config.eval.batch_size, config.eval.num_examples)
 
 
 def _generated_outputs(task, state, cls_task, cls_state, n: int, seed: int, batch_size: int):

@@ -348,7 +348,7 @@ class XRayGANTask(loop.Task):
         from xray_gen.evaluation.metrics import multilabel_auroc, ssim
         from xray_gen.evaluation.protocol import model_protocol, write_result_json
         from xray_gen.training.inference import predict
-        from xray_gen.training.sharding import make_mesh
+        from xray_gen.training.sharding import mesh_for
 
         c, x = self.config, self.config.xraygan
         last = x.num_stages - 1
@@ -374,7 +374,7 @@ class XRayGANTask(loop.Task):
                 out[f"fake_{v}"], out[f"real_{v}"] = fakes[v], real[v]
             return out
 
-        out = predict(fn, state, loader, make_mesh(c.mesh.data), c.eval.batch_size, c.eval.num_examples)
+        out = predict(fn, state, loader, mesh_for(c), c.eval.batch_size, c.eval.num_examples)
         n = len(out["targets"])
         mask = out["mask"] > 0
         metrics = {"split": c.eval.split, "num_reports": n, "resolution": res,
