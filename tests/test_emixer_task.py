@@ -180,3 +180,28 @@ def test_label_fraction_marks_about_that_share_of_every_class():
     assert (m != masks(0.3, 1)).any()  # a different seed picks another subset
     assert masks(1.0, 0).all() and np.all(m <= masks(0.5, 0))  # nested: more labels keep the 30% ones
     assert report_text(["the heart is enlarged", "no effusion."]) == "the heart is enlarged. no effusion."
+
+
+def test_gradient_accumulation_step_runs_and_bad_split_is_named(trained):
+    """train.grad_accum_steps=2: each discriminator slice and the G/F batch are two microbatches."""
+    from xray_gen.training import loop
+
+    config, workdir = trained
+    accum_config = config.copy_and_resolve_references()
+    accum_config.train.grad_accum_steps = 2
+    task = main.make_task(accum_config, workdir)
+    state, _ = loop.restore_latest(task, accum_config, workdir)
+    batch = jax.tree.map(jnp.asarray, next(iter(task.train_loader())))
+    before = jax.device_get((state.gen["G"]["params"], state.disc["image"]["params"]))
+    new, metrics = jax.jit(task.train_step)(state, batch)
+    assert all(np.isfinite(float(v)) for v in jax.device_get(metrics).values())
+    after = jax.device_get((new.gen["G"]["params"], new.disc["image"]["params"]))
+    for b, a in zip(before, after):
+        assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(b), jax.tree.leaves(a)))
+    accum_config.train.grad_accum_steps = 3
+    with pytest.raises(ValueError, match="train.grad_accum_steps=3"):
+        main.make_task(accum_config, workdir)
+    config_other = config.copy_and_resolve_references()
+    config_other.model, config_other.train.grad_accum_steps = "pggan", 2
+    with pytest.raises(ValueError, match="not pggan"):
+        main.run(config_other, workdir, "train")

@@ -60,6 +60,10 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-process: num
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-process: this process's index (env JAX_PROCESS_ID)")
 
 
+# Models whose train_step averages train.grad_accum_steps microbatches (training/accumulation.py).
+ACCUMULATING_MODELS = ("emixer", "cxr_irgen")
+
+
 def make_task(config, workdir: str | None = None):
     """The Task object for `config.model`; unknown names fail listing the valid ones."""
     from xray_gen.data.pipeline import SOURCES
@@ -76,6 +80,10 @@ def run(config, workdir: str, mode: str, **sample_options):
     """Library entry point behind the CLI (also used by tests and notebooks)."""
     from xray_gen.training import loop
 
+    accum = config.train.get("grad_accum_steps", 1)
+    if accum != 1 and config.model not in ACCUMULATING_MODELS:
+        raise ValueError(f"train.grad_accum_steps={accum}: gradient accumulation is implemented for "
+                         f"{', '.join(ACCUMULATING_MODELS)}, not {config.model}")
     task = make_task(config, workdir)
     if mode == "train":
         return loop.train(task, config, workdir)

@@ -52,6 +52,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     x.learning_rate = 5e-5  # official AdamW
     x.weight_decay = 0.01
     x.grad_clip = 1.0
+    # The denoiser's compute dtype: "bfloat16" halves activation memory and uses the bf16 matrix
+    # units of GPUs/TPUs; parameters, optimiser state and the loss stay float32 either way.
+    x.compute_dtype = "float32"
+    x.remat = False  # recompute block activations in the backward pass (memory for time)
     x.vocab_size = 1_000
     x.prompt_len = 48
     x.report_len = 128

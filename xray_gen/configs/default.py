@@ -43,6 +43,8 @@ def get_default() -> ml_collections.ConfigDict:
     c.train.eval_every = 1_000
     c.train.checkpoint_every = 1_000
     c.train.max_to_keep = 3
+    # Microbatches per optimiser step (EMIXER, CXR-IRGen): the paper batch with one microbatch's memory.
+    c.train.grad_accum_steps = 1
     c.train.stop_at_step = -1  # simulate a preemption at this step (checkpoint, then exit)
 
     c.eval = ml_collections.ConfigDict()

@@ -35,6 +35,7 @@ from xray_gen.nn.autoencoder_kl import AutoencoderKL
 from xray_gen.nn.unet2d import UNet2DConditionModel, UNetConfig
 from xray_gen.nn.uvit import UViT, uvit_config
 from xray_gen.training import loop
+from xray_gen.training.accumulation import accumulate
 
 BACKBONES = ("uvit", "unet")
 
@@ -68,6 +69,12 @@ class CxrIRGenTask(loop.Task):
         self.latent_shape = (side, side, ch)
         width = self.clip.text.width
         emb = self.clip.text.projection_dim
+        if x.compute_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"cxr_irgen.compute_dtype={x.compute_dtype!r} is not one of ('float32', 'bfloat16')")
+        numerics = dict(dtype=jnp.dtype(x.compute_dtype), remat=bool(x.remat))
+        accum = config.train.get("grad_accum_steps", 1)
+        if accum < 1 or config.train.batch_size % accum:
+            raise ValueError(f"train.grad_accum_steps={accum} must divide train.batch_size={config.train.batch_size}")
         if x.backbone == "unet":
             if x.reference_image and emb != width:
                 raise ValueError(f"cxr_irgen.clip.projection_dim={emb} must equal cxr_irgen.clip.width={width} for the "
@@ -76,13 +83,13 @@ class CxrIRGenTask(loop.Task):
             self.denoiser = UNet2DConditionModel(UNetConfig(
                 in_channels=ch, out_channels=ch, block_out_channels=tuple(u.block_out_channels),
                 cross_attn=tuple(u.cross_attn), layers_per_block=u.layers_per_block, num_heads=u.num_heads,
-                cross_attention_dim=width, norm_num_groups=u.norm_num_groups))
+                cross_attention_dim=width, norm_num_groups=u.norm_num_groups), **numerics)
             if side % self.denoiser.config.downsampling_factor:
                 raise ValueError(f"latent side {side} is not a multiple of the U-Net's downsampling factor "
                                  f"{self.denoiser.config.downsampling_factor} (cxr_irgen.unet.block_out_channels)")
         else:
             self.denoiser = UViT(uvit_config(x.uvit.size, sample_size=side, in_channels=ch, patch_size=x.uvit.patch_size,
-                                             context_dim=emb, num_context_tokens=1))
+                                             context_dim=emb, num_context_tokens=1), **numerics)
         self.schedule = diffusion.make_schedule(x.schedule, x.num_train_timesteps)
         self.tx = optax.chain(optax.clip_by_global_norm(x.grad_clip),
                               optax.adamw(x.learning_rate, weight_decay=x.weight_decay))
@@ -208,21 +215,27 @@ class CxrIRGenTask(loop.Task):
         return z * latent_scale
 
     def train_step(self, state, batch):
-        x, frozen = self.config.cxr_irgen, self.frozen()
-        k_z, k_loss = jax.random.split(jax.random.fold_in(state.rng, state.step))
-        z = self.encode_latents(frozen["autoencoder"], batch["frontal"], k_z, state.latent_scale)
-        cond = self.condition_of(frozen["clip"], batch)
+        """One AdamW step on the denoising loss; train.grad_accum_steps microbatches are averaged first."""
+        x, frozen, accum = self.config.cxr_irgen, self.frozen(), self.config.train.get("grad_accum_steps", 1)
+        key = jax.random.fold_in(state.rng, state.step)
         null = self.condition_of(frozen["clip"], jax.tree.map(jnp.asarray, self.null_inputs()))
 
-        def loss_fn(params):
-            return diffusion.training_loss(self.denoise_fn(params), self.schedule, z, cond, k_loss, x.prediction,
-                                           x.cond_drop_prob, null)
+        def micro(params, m, carry, index):
+            k_z, k_loss = jax.random.split(key if accum == 1 else jax.random.fold_in(key, index))
+            z = self.encode_latents(frozen["autoencoder"], m["frontal"], k_z, state.latent_scale)
+            cond = self.condition_of(frozen["clip"], m)
 
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+            def loss_fn(params):
+                loss, aux = diffusion.training_loss(self.denoise_fn(params), self.schedule, z, cond, k_loss,
+                                                    x.prediction, x.cond_drop_prob, null)
+                return loss, (carry, {"dropped": jnp.mean(aux["dropped"].astype(jnp.float32)), "latent_std": jnp.std(z)})
+
+            return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+        (loss, (_, aux)), grads = accumulate(micro, state.params, batch, (), accum)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
-        return new, {"loss": loss, "grad_norm": optax.global_norm(grads),
-                     "dropped": jnp.mean(aux["dropped"].astype(jnp.float32)), "latent_std": jnp.std(z)}
+        return new, {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
 
     def train_loader(self):
         c, x = self.config, self.config.cxr_irgen

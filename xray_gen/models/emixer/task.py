@@ -37,6 +37,7 @@ from xray_gen.models.emixer.image_networks import SPECTRAL_STATS, Discriminator,
 from xray_gen.models.emixer.report_networks import (JointDiscriminator, ReportDiscriminator, ReportGenerator,
                                                     encoder_param_mask)
 from xray_gen.training import loop
+from xray_gen.training.accumulation import accumulate
 
 MUTABLE = ["batch_stats", SPECTRAL_STATS]
 
@@ -86,6 +87,10 @@ class EmixerTask(loop.Task):
         if config.train.batch_size % e.d_steps:
             raise ValueError(f"train.batch_size={config.train.batch_size} must divide into emixer.d_steps={e.d_steps} "
                              "slices (one per discriminator step)")
+        accum = config.train.get("grad_accum_steps", 1)
+        if accum < 1 or (config.train.batch_size // e.d_steps) % accum:
+            raise ValueError(f"train.grad_accum_steps={accum} must divide each discriminator step's slice of "
+                             f"{config.train.batch_size // e.d_steps} examples (train.batch_size / emixer.d_steps)")
         self.tokenizer = workdir_tokenizer(workdir, config.data, e.vocab_size) if workdir else None
         vocab = self.tokenizer.vocab_size if self.tokenizer else e.vocab_size
         res = config.data.resolution
@@ -183,83 +188,99 @@ class EmixerTask(loop.Task):
         return images, report, {"G": {**gen["G"], **g_upd}, "F": {**gen["F"], **f_upd}}
 
     def train_step(self, state: EmixerState, batch):
-        c, e = self.config, self.config.emixer
+        """`d_steps` discriminator updates, each on its own slice of the batch, then one G/F update on
+        the first slice; with train.grad_accum_steps = k each update averages k microbatches."""
+        e, accum = self.config.emixer, self.config.train.get("grad_accum_steps", 1)
         rng = jax.random.fold_in(state.rng, state.step)
         real_all = aug.to_float(batch["frontal"])
         if e.out_channels == 3:
             real_all = jnp.repeat(real_all, 3, axis=-1)
-        y_all = batch["targets"] * batch["label_mask"]
-        has_all = batch["labeled_mask"]
+        data_all = {"real": real_all, "y": batch["targets"] * batch["label_mask"], "has": batch["labeled_mask"],
+                    "ids": batch["report_ids"], "mask": batch["report_mask"]}
         n = real_all.shape[0] // e.d_steps
+        micro_key = lambda key, index: key if accum == 1 else jax.random.fold_in(key, index)
         gen, disc, disc_opt = state.gen, state.disc, state.disc_opt
         metrics = {}
         for i in range(e.d_steps):
-            k_y, k_z, k_f = jax.random.split(jax.random.fold_in(rng, i), 3)
-            sl = slice(i * n, (i + 1) * n)
-            real, y, has = real_all[sl], y_all[sl], has_all[sl]
-            ids, mask = batch["report_ids"][sl], batch["report_mask"][sl]
-            y_fake = self._fake_labels(k_y, y, has)
-            fake, fake_report, _ = self._generate(gen, jax.random.normal(k_z, (n, e.z_dim)), y_fake, k_f, True)
-            fake, fake_dist, fake_mask = jax.lax.stop_gradient((fake, fake_report["dist"], fake_report["mask"]))
+            data = jax.tree.map(lambda x: x[i * n:(i + 1) * n], data_all)
+            d_key = jax.random.fold_in(rng, i)
 
-            def d_loss_fn(params):
-                variables = {k: {**disc[k], "params": params[k]} for k in disc}
-                rotated, rot_labels = losses.rotate_batch(real)
-                out_real, upd = self.D.apply(variables["image"], rotated, jnp.tile(y, (4, 1)),
-                                             jnp.concatenate([has, jnp.zeros(3 * n)]), train=True, mutable=[SPECTRAL_STATS])
-                out_fake, _ = self.D.apply({**variables["image"], **upd}, fake, y_fake, jnp.ones(n), train=True,
-                                           mutable=[SPECTRAL_STATS])
-                image_gan = losses.d_loss(out_real.score[:n], out_fake.score, e.loss)
-                rotation = losses.rotation_loss(out_real.rotation_logits, rot_labels)
-                report_gan = losses.d_loss(self.D_report.apply(variables["report"], ids, mask),
-                                           self.D_report.apply(variables["report"], fake_dist, fake_mask), e.loss)
-                joint_real, j_upd = self.D_joint.apply(variables["joint"], real, ids, mask, train=True,
-                                                       mutable=[SPECTRAL_STATS])
-                joint_fake, _ = self.D_joint.apply({**variables["joint"], **j_upd}, fake, fake_dist, fake_mask, train=True,
-                                                   mutable=[SPECTRAL_STATS])
-                joint_gan = losses.d_loss(joint_real, joint_fake, e.loss)
-                total = image_gan + losses.D_ROTATION_WEIGHT * rotation + e.report_weight * (report_gan + joint_gan)
-                return total, ({"image": upd, "joint": j_upd},
-                               {"d_image": image_gan, "d_rotation": rotation, "d_report": report_gan, "d_joint": joint_gan})
+            def d_micro(params, m, disc_vars, index):
+                k_y, k_z, k_f = jax.random.split(micro_key(d_key, index), 3)
+                b = m["real"].shape[0]
+                y_fake = self._fake_labels(k_y, m["y"], m["has"])
+                fake, fake_report, _ = self._generate(gen, jax.random.normal(k_z, (b, e.z_dim)), y_fake, k_f, True)
+                fake, fake_dist, fake_mask = jax.lax.stop_gradient((fake, fake_report["dist"], fake_report["mask"]))
 
-            (d_total, (updates, terms)), grads = jax.value_and_grad(d_loss_fn, has_aux=True)(_params(disc))
+                def d_loss_fn(params):
+                    variables = {k: {**disc_vars[k], "params": params[k]} for k in disc_vars}
+                    rotated, rot_labels = losses.rotate_batch(m["real"])
+                    out_real, upd = self.D.apply(variables["image"], rotated, jnp.tile(m["y"], (4, 1)),
+                                                 jnp.concatenate([m["has"], jnp.zeros(3 * b)]), train=True,
+                                                 mutable=[SPECTRAL_STATS])
+                    out_fake, _ = self.D.apply({**variables["image"], **upd}, fake, y_fake, jnp.ones(b), train=True,
+                                               mutable=[SPECTRAL_STATS])
+                    image_gan = losses.d_loss(out_real.score[:b], out_fake.score, e.loss)
+                    rotation = losses.rotation_loss(out_real.rotation_logits, rot_labels)
+                    report_gan = losses.d_loss(self.D_report.apply(variables["report"], m["ids"], m["mask"]),
+                                               self.D_report.apply(variables["report"], fake_dist, fake_mask), e.loss)
+                    joint_real, j_upd = self.D_joint.apply(variables["joint"], m["real"], m["ids"], m["mask"], train=True,
+                                                           mutable=[SPECTRAL_STATS])
+                    joint_fake, _ = self.D_joint.apply({**variables["joint"], **j_upd}, fake, fake_dist, fake_mask,
+                                                       train=True, mutable=[SPECTRAL_STATS])
+                    joint_gan = losses.d_loss(joint_real, joint_fake, e.loss)
+                    total = image_gan + losses.D_ROTATION_WEIGHT * rotation + e.report_weight * (report_gan + joint_gan)
+                    updates = {"image": upd, "joint": j_upd}
+                    new_vars = {k: {**disc_vars[k], **updates.get(k, {})} for k in disc_vars}
+                    return total, (new_vars, {"d_image": image_gan, "d_rotation": rotation, "d_report": report_gan,
+                                              "d_joint": joint_gan})
+
+                return jax.value_and_grad(d_loss_fn, has_aux=True)(params)
+
+            (d_total, (disc, terms)), grads = accumulate(d_micro, _params(disc), data, disc, accum)
             steps, disc_opt = self.disc_tx.update(grads, disc_opt, _params(disc))
             new_params = optax.apply_updates(_params(disc), steps)
-            disc = {k: {**disc[k], **updates.get(k, {}), "params": new_params[k]} for k in disc}
+            disc = {k: {**disc[k], "params": new_params[k]} for k in disc}
             metrics.update({"d_loss": d_total, **terms})
 
-        k_y, k_z, k_f = jax.random.split(jax.random.fold_in(rng, 100), 3)
-        real, y, has = real_all[:n], y_all[:n], has_all[:n]
-        ids, mask = batch["report_ids"][:n], batch["report_mask"][:n]
-        y_fake = self._fake_labels(k_y, y, has)
-        z = jax.random.normal(k_z, (n, e.z_dim))
+        g_key = jax.random.fold_in(rng, 100)
         d_vars = {k: {**disc[k]} for k in disc}
 
-        def gen_loss_fn(trainable):
-            g = self._with_trainable(gen, trainable)
-            fake, report, new_gen = self._generate(g, z, y_fake, k_f, True)
-            rotated, rot_labels = losses.rotate_batch(fake)
-            out, _ = self.D.apply(d_vars["image"], rotated, jnp.tile(y_fake, (4, 1)),
-                                  jnp.concatenate([jnp.ones(n), jnp.zeros(3 * n)]), train=False, mutable=[SPECTRAL_STATS])
-            adv_image = losses.g_loss(out.score[:n], e.loss)
-            rotation = losses.rotation_loss(out.rotation_logits, rot_labels)
-            adv_report = losses.g_loss(self.D_report.apply(d_vars["report"], report["dist"], report["mask"]), e.loss)
-            joint, _ = self.D_joint.apply(d_vars["joint"], fake, report["dist"], report["mask"], train=False,
-                                          mutable=[SPECTRAL_STATS])
-            adv_joint = losses.g_loss(joint, e.loss)
-            teacher, f_upd = self.F.apply(new_gen["F"], real, ids, train=True, mutable=MUTABLE)
-            f_loss, f_terms = losses.report_generator_loss(teacher["word_logits"], teacher["stop_logits"], ids, mask,
-                                                           e.stop_weight)
-            total = (adv_image + losses.G_ROTATION_WEIGHT * rotation + e.report_weight * (adv_report + adv_joint)
-                     + e.teacher_weight * f_loss)
-            if e.orthogonal_reg > 0:
-                total = total + losses.orthogonal_regularization(trainable["G"], e.orthogonal_reg)
-            new_gen = {"G": new_gen["G"], "F": {**new_gen["F"], **f_upd}}
-            return total, (new_gen, {"g_image": adv_image, "g_rotation": rotation, "g_report": adv_report,
-                                     "g_joint": adv_joint, **{f"f_{k}": v for k, v in f_terms.items()}})
+        def g_micro(trainable, m, gen_vars, index):
+            k_y, k_z, k_f = jax.random.split(micro_key(g_key, index), 3)
+            b = m["real"].shape[0]
+            y_fake = self._fake_labels(k_y, m["y"], m["has"])
+            z = jax.random.normal(k_z, (b, e.z_dim))
+
+            def gen_loss_fn(trainable):
+                g = self._with_trainable(gen_vars, trainable)
+                fake, report, new_gen = self._generate(g, z, y_fake, k_f, True)
+                rotated, rot_labels = losses.rotate_batch(fake)
+                out, _ = self.D.apply(d_vars["image"], rotated, jnp.tile(y_fake, (4, 1)),
+                                      jnp.concatenate([jnp.ones(b), jnp.zeros(3 * b)]), train=False,
+                                      mutable=[SPECTRAL_STATS])
+                adv_image = losses.g_loss(out.score[:b], e.loss)
+                rotation = losses.rotation_loss(out.rotation_logits, rot_labels)
+                adv_report = losses.g_loss(self.D_report.apply(d_vars["report"], report["dist"], report["mask"]), e.loss)
+                joint, _ = self.D_joint.apply(d_vars["joint"], fake, report["dist"], report["mask"], train=False,
+                                              mutable=[SPECTRAL_STATS])
+                adv_joint = losses.g_loss(joint, e.loss)
+                teacher, f_upd = self.F.apply(new_gen["F"], m["real"], m["ids"], train=True, mutable=MUTABLE)
+                f_loss, f_terms = losses.report_generator_loss(teacher["word_logits"], teacher["stop_logits"], m["ids"],
+                                                               m["mask"], e.stop_weight)
+                total = (adv_image + losses.G_ROTATION_WEIGHT * rotation + e.report_weight * (adv_report + adv_joint)
+                         + e.teacher_weight * f_loss)
+                if e.orthogonal_reg > 0:
+                    total = total + losses.orthogonal_regularization(trainable["G"], e.orthogonal_reg)
+                new_gen = {"G": new_gen["G"], "F": {**new_gen["F"], **f_upd}}
+                return total, (new_gen, {"g_image": adv_image, "g_rotation": rotation, "g_report": adv_report,
+                                         "g_joint": adv_joint, **{f"f_{k}": v for k, v in f_terms.items()}})
+
+            return jax.value_and_grad(gen_loss_fn, has_aux=True)(trainable)
 
         trainable = self._trainable(gen)
-        (g_total, (new_gen, terms)), grads = jax.value_and_grad(gen_loss_fn, has_aux=True)(trainable)
+        data = jax.tree.map(lambda x: x[:n], data_all)
+        (g_total, (new_gen, terms)), grads = accumulate(g_micro, trainable, data, gen, accum)
         steps, gen_opt = self.gen_tx.update(grads, state.gen_opt, trainable)
         gen = self._with_trainable(new_gen, optax.apply_updates(trainable, steps))
         g_ema = jax.tree.map(lambda a, w: a + (1.0 - e.ema_decay) * (w - a), state.g_ema, gen["G"]["params"])
