@@ -196,3 +196,33 @@ def test_atomic_open_gives_plain_open_permissions(tmp_path):
         f.write("{}")
     mode = lambda name: stat.S_IMODE(os.stat(tmp_path / name).st_mode)
     assert mode("a.json") == mode("b.json")
+
+
+class EvaluatedRegressionTask(RegressionTask):
+    """Its `--mode=evaluate` writes through eval_dir and fails once, at step 6."""
+
+    def final_report(self, state, workdir):
+        from xray_gen.evaluation.protocol import eval_dir
+
+        step = int(state.step)
+        if step == 6:
+            raise RuntimeError("evaluation bug")
+        os.makedirs(eval_dir(workdir), exist_ok=True)
+        with open(os.path.join(eval_dir(workdir), "result.json"), "w") as f:
+            json.dump({"step": step}, f)
+        return {"metrics": {"w0": float(state.w[0]), "nested": {"step": step}, "undefined": float("nan"), "note": "x"}}
+
+
+def test_evaluation_at_checkpoints_is_kept_apart_logged_and_never_fatal(tmp_path):
+    from xray_gen.evaluation.html_report import read_curves
+
+    config = _config(num_steps=9)
+    config.train.eval_every = 0
+    config.eval.at_checkpoints_every = 3
+    state = loop.train(EvaluatedRegressionTask(config), config, str(tmp_path))
+    assert int(state.step) == 9  # the failure at step 6 did not stop training
+    assert sorted(os.listdir(tmp_path / "eval")) == ["step_3", "step_9"]
+    assert json.loads((tmp_path / "eval" / "step_9" / "result.json").read_text()) == {"step": 9}
+    curves = read_curves(str(tmp_path), "checkpoint_eval/*")
+    assert set(curves) == {"checkpoint_eval/w0", "checkpoint_eval/nested.step"}  # numbers only, finite only
+    assert [s for s, _ in curves["checkpoint_eval/nested.step"]] == [3, 9]

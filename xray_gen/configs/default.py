@@ -52,6 +52,9 @@ def get_default() -> ml_collections.ConfigDict:
     c.eval.batch_size = 64
     c.eval.num_examples = 2_000  # capped at the split's size
     c.eval.bootstrap = 200  # resamples behind confidence intervals (0: none)
+    # Run the model's whole --mode=evaluate at every checkpoint step that is a multiple of this
+    # (0: never), into WORKDIR/eval/step_N, logging its numbers as checkpoint_eval/* scalars.
+    c.eval.at_checkpoints_every = 0
     c.eval.inception_weights = ""  # converted Inception-v3 (weights_import): adds Inception FID and IS
 
     c.mesh = ml_collections.ConfigDict()

@@ -13,19 +13,41 @@ strict JSON; tuples (confidence intervals) become lists.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import math
+import os
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from xray_gen.files import atomic_open
 
-__all__ = ["Protocol", "write_result_json", "read_result_json", "package_versions", "to_jsonable"]
+__all__ = ["Protocol", "write_result_json", "read_result_json", "package_versions", "to_jsonable", "eval_dir",
+           "checkpoint_evaluation"]
 
 SCHEMA = "xray_gen.evaluation.result.v1"
+
+_CHECKPOINT_STEP: list = [None]  # set while the training loop evaluates a checkpoint
+
+
+def eval_dir(workdir: str) -> str:
+    """Where a model's evaluation writes: WORKDIR/eval, or WORKDIR/eval/step_N for an evaluation the
+    training loop runs at checkpoint N (so those never overwrite the final `--mode=evaluate`)."""
+    step = _CHECKPOINT_STEP[0]
+    return os.path.join(workdir, "eval") if step is None else os.path.join(workdir, "eval", f"step_{step}")
+
+
+@contextlib.contextmanager
+def checkpoint_evaluation(step: int):
+    """Inside it, `eval_dir` points at the checkpoint's own folder."""
+    _CHECKPOINT_STEP[0] = int(step)
+    try:
+        yield
+    finally:
+        _CHECKPOINT_STEP[0] = None
 
 
 

@@ -231,7 +231,7 @@ class ClassifierTask(loop.Task):
         FID/KID between two splits in this classifier's feature space (the floor any generator's
         in-domain FID is compared with). Reference statistics are cached with checksums."""
         from xray_gen.evaluation.metrics import bootstrap_ci
-        from xray_gen.evaluation.protocol import model_protocol, write_result_json
+        from xray_gen.evaluation.protocol import eval_dir as protocol_eval_dir, model_protocol, write_result_json
 
         c = self.config
         out = self.scores(state, c.eval.split, c.eval.num_examples)
@@ -246,7 +246,7 @@ class ClassifierTask(loop.Task):
         }
         metrics.update(self._reference_distances(state, out["features"], workdir))
         protocol = model_protocol(c, "classifier", state.params, len(out["probs"]), c.eval.bootstrap)
-        path = os.path.join(workdir, "eval", f"classifier_{c.eval.split}.json")
+        path = os.path.join(protocol_eval_dir(workdir), f"classifier_{c.eval.split}.json")
         write_result_json(path, metrics, protocol)
         return metrics
 

@@ -160,13 +160,13 @@ class VCNTask(loop.Task):
         write_input_grid(writer, step, self.eval_loader(self.config.eval.split), ("frontal", "lateral"), "validation_pairs")
 
     def final_report(self, state, workdir: str) -> dict:
-        from xray_gen.evaluation.protocol import model_protocol, write_result_json
+        from xray_gen.evaluation.protocol import eval_dir as protocol_eval_dir, model_protocol, write_result_json
 
         c = self.config
         out = self.scores(state, c.eval.split, c.eval.num_examples)
         metrics = {"split": c.eval.split, **pair_metrics(out)}
         protocol = model_protocol(c, "vcn", state.params, len(out["pos"]))
-        write_result_json(os.path.join(workdir, "eval", f"vcn_{c.eval.split}.json"), metrics, protocol)
+        write_result_json(os.path.join(protocol_eval_dir(workdir), f"vcn_{c.eval.split}.json"), metrics, protocol)
         return metrics
 
 

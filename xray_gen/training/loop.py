@@ -244,6 +244,8 @@ def train(task: Task, config, workdir: str):
                     task.write_summaries(writer, state, step)
                 if save_now:
                     save(position)
+                    if _due(config.eval.get("at_checkpoints_every", 0), step) and not stop:
+                        _evaluate_checkpoint(task, state, step, workdir, writer)
                 if stop:
                     logging.warning("Stopping at step %d (checkpoint saved)", step)
                     break
@@ -252,6 +254,33 @@ def train(task: Task, config, workdir: str):
         ckpt.close()
         writer.flush()
     return state
+
+
+def _due(every: int, step: int) -> bool:
+    return every > 0 and step % every == 0
+
+
+def _evaluate_checkpoint(task: Task, state, step: int, workdir: str, writer) -> None:
+    """The model's full `--mode=evaluate` on the checkpoint just saved, written to WORKDIR/eval/step_N
+    and its numbers logged as `checkpoint_eval/...` scalars. A failure is logged and training goes on
+    (the checkpoint is already safe)."""
+    from xray_gen.evaluation.protocol import checkpoint_evaluation
+
+    final_report = getattr(task, "final_report", None)
+    if final_report is None:
+        logging.warning("eval.at_checkpoints_every: %s has no evaluation to run", task.name)
+        return
+    try:
+        with checkpoint_evaluation(step):
+            result = final_report(state, workdir)
+    except Exception as e:  # noqa: BLE001 - an evaluation bug must not end a training run
+        logging.exception("evaluation at checkpoint %d failed (training continues): %s", step, e)
+        return
+    metrics = result.get("metrics", result) if isinstance(result, dict) else {}
+    scalars = {f"checkpoint_eval/{k}": v for k, v in _flatten(metrics).items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)}
+    writer.write_scalars(step, scalars)
+    logging.info("evaluated checkpoint %d: %d numbers logged", step, len(scalars))
 
 
 def _preempted(preemption: _Preemption, step: int, sync_every: int) -> bool:

@@ -147,7 +147,7 @@ def label_agreement_metrics(requested: np.ndarray, requested_mask: np.ndarray, p
 def final_report(task, state, workdir: str) -> dict:
     from xray_gen.data.labeler import label_reports
     from xray_gen.evaluation.html_report import read_curves
-    from xray_gen.evaluation.protocol import model_protocol, write_result_json
+    from xray_gen.evaluation.protocol import eval_dir as protocol_eval_dir, model_protocol, write_result_json
 
     c = task.config
     classifier = load_classifier(task)
@@ -195,7 +195,7 @@ def final_report(task, state, workdir: str) -> dict:
     metrics["not_done"] = ("augmentation experiment (classifier trained on real vs real + synthetic, paper Table 1) "
                            "is not implemented")
 
-    eval_dir = os.path.join(workdir, "eval")
+    eval_dir = protocol_eval_dir(workdir)
     protocol = model_protocol(c, "emixer+classifier_features", cls_vars["params"], n_gen, c.eval.get("bootstrap", 0))
     result = write_result_json(os.path.join(eval_dir, f"emixer_{c.eval.split}.json"), metrics, protocol)
     _write_html(os.path.join(eval_dir, f"emixer_{c.eval.split}.html"), result, c, gen, gen_reports, real, rows,

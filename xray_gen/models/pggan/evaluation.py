@@ -69,7 +69,7 @@ def _archive_dir(task, workdir: str) -> str | None:
 
 def final_report(task, state, workdir: str) -> dict:
     from xray_gen.evaluation.html_report import read_curves, write_html_report
-    from xray_gen.evaluation.protocol import model_protocol, write_result_json
+    from xray_gen.evaluation.protocol import eval_dir as protocol_eval_dir, model_protocol, write_result_json
 
     c = task.config
     prepared = task.classifier()
@@ -84,7 +84,7 @@ def final_report(task, state, workdir: str) -> dict:
     # CheXpert's convention, as the classifier trains: not mentioned = negative; NaN only where
     # uncertain labels are ignored (data.uncertain_as = NaN).
     real_labels = np.where(real["mask"] > 0, real["targets"], np.nan).astype(np.float32)
-    eval_dir = os.path.join(workdir, "eval")
+    eval_dir = protocol_eval_dir(workdir)
     metrics = {"split": c.eval.split, "num_real": n_real, "num_generated": n_gen, "resolution": c.data.resolution,
                "feature_extractor": "xray_gen classifier (DenseNet) penultimate features"}
 

@@ -346,7 +346,7 @@ class XRayGANTask(loop.Task):
         classifier's AUROC for the report's labels on generated (and real) frontals."""
         from xray_gen.evaluation import fid
         from xray_gen.evaluation.metrics import multilabel_auroc, ssim
-        from xray_gen.evaluation.protocol import model_protocol, write_result_json
+        from xray_gen.evaluation.protocol import eval_dir as protocol_eval_dir, model_protocol, write_result_json
         from xray_gen.training.inference import predict
         from xray_gen.training.sharding import mesh_for
 
@@ -398,8 +398,8 @@ class XRayGANTask(loop.Task):
         if c.eval.get("inception_weights") and n >= 2:
             metrics.update(inception_metrics(c.eval.inception_weights, out, n))
         protocol = model_protocol(c, "xraygan+classifier_features", cls_state.params, n, c.eval.get("bootstrap", 0))
-        result = write_result_json(os.path.join(workdir, "eval", f"xraygan_{c.eval.split}.json"), metrics, protocol)
-        self._write_html(os.path.join(workdir, "eval", f"xraygan_{c.eval.split}.html"), result, out, per_class, workdir)
+        result = write_result_json(os.path.join(protocol_eval_dir(workdir), f"xraygan_{c.eval.split}.json"), metrics, protocol)
+        self._write_html(os.path.join(protocol_eval_dir(workdir), f"xraygan_{c.eval.split}.html"), result, out, per_class, workdir)
         return metrics
 
     def _write_html(self, path: str, result: dict, out: dict, per_class: dict, workdir: str) -> None:
