@@ -693,23 +693,13 @@ def emixer_config(batch: int):
 
 def ours_emixer(batch: int, args) -> dict:
     import jax
-    import numpy as np
 
     from xray_gen.models.emixer.task import EmixerTask
     from xray_gen.training.sharding import batch_sharding, make_mesh, replicated, to_global
 
     config = emixer_config(batch)
     task = EmixerTask(config, None)
-    e, n = config.emixer, config.train.batch_size
-    rng = np.random.default_rng(0)
-    host = {
-        "frontal": rng.integers(0, 256, (n, 128, 128, 1), dtype=np.uint8),
-        "targets": rng.integers(0, 2, (n, 14)).astype(np.float32),
-        "label_mask": np.ones((n, 14), np.float32),
-        "labeled_mask": np.ones((n,), np.float32),
-        "report_ids": rng.integers(1, e.vocab_size, (n, e.max_sentences, e.max_words)).astype(np.int32),
-        "report_mask": np.ones((n, e.max_sentences, e.max_words), np.float32),
-    }
+    host = _bench_module("train_step").emixer_batch(config, config.train.batch_size, seed=0)
     mesh = make_mesh(config.mesh.data)
     rep = replicated(mesh)
     batch_arr = to_global(host, mesh)

@@ -36,6 +36,7 @@ SCRIPTS = {
     "vcn": ("train_step.py", ["--models=vcn"]),
     "xraygan": ("xraygan.py", []),
     "pggan": ("pggan.py", []),
+    "emixer": ("train_step.py", ["--models=emixer"]),
 }
 COLUMNS = ["model", "phase", "resolution", "batch", "compile_s", "gflops_per_step", "step_ms_median", "steps_per_s",
            "images_per_s", "achieved_gflops_s", "utilisation", "footprint_mb", "status"]

@@ -3,6 +3,7 @@
   python benchmarks/train_step.py                       # classifier + vcn, 'cpu' variants
   python benchmarks/train_step.py --variant=''          # paper variants (slow on a CPU)
   python benchmarks/train_step.py --models=vcn --variant=cpu --resolution=128 --batch_size=16
+  python benchmarks/train_step.py --models=emixer       # EMIXER's joint step (2 D steps + 1 G/F step)
   python benchmarks/train_step.py --quick               # smoke variants, a few steps (the tests)
 
 The state is built with `jax.jit(task.init, out_shardings=replicated)` and the step is jitted
@@ -31,7 +32,7 @@ except ImportError:  # pragma: no cover
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import common  # type: ignore
 
-MODELS = ("classifier", "vcn")
+MODELS = ("classifier", "vcn", "emixer")
 
 
 def get_task(model: str, variant: str, overrides: dict):
@@ -42,6 +43,9 @@ def get_task(model: str, variant: str, overrides: dict):
     elif model == "vcn":
         from xray_gen.configs.vcn import get_config
         from xray_gen.models.vcn import VCNTask as Task
+    elif model == "emixer":
+        from xray_gen.configs.emixer import get_config
+        from xray_gen.models.emixer.task import EmixerTask as Task
     else:
         raise ValueError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
     config = get_config(variant)
@@ -56,8 +60,26 @@ def get_task(model: str, variant: str, overrides: dict):
     return Task(config), config
 
 
+def emixer_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """EMIXER's model inputs (image, labels and their masks, hierarchical report ids) at random: its
+    transform needs a trained tokenizer, which a benchmark has no reason to build."""
+    e, res = config.emixer, config.data.resolution
+    rng = np.random.default_rng(seed)
+    n = batch_size
+    return {
+        "frontal": rng.integers(0, 256, (n, res, res, 1), dtype=np.uint8),
+        "targets": rng.integers(0, 2, (n, 14)).astype(np.float32),
+        "label_mask": np.ones((n, 14), np.float32),
+        "labeled_mask": np.ones((n,), np.float32),
+        "report_ids": rng.integers(1, e.vocab_size, (n, e.max_sentences, e.max_words)).astype(np.int32),
+        "report_mask": np.ones((n, e.max_sentences, e.max_words), np.float32),
+    }
+
+
 def synthetic_batch(task, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
     """A host batch with exactly the pipeline's features (the task's transform on random studies)."""
+    if task.config.model == "emixer":
+        return emixer_batch(task.config, batch_size, seed)
     transform = task.transform()  # the same ToModelInputs the task's loaders use
     res = task.config.data.resolution
     rng = np.random.default_rng(seed)
@@ -111,7 +133,7 @@ def bench_model(model: str, args) -> dict:
     compiled = stats.pop("compiled")  # call the executable we timed the compile of: no second compile
     print(f"{model} ({config.variant or 'paper'}, {config.data.resolution} px, batch {global_batch}): compiled in "
           f"{stats['compile_s']:.1f} s, {(stats['flops'] or 0) / 1e9:.2f} GFLOP/step", flush=True)
-    views = len(task.transform().views)
+    views = 1 if model == "emixer" else len(task.transform().views)
     row = {
         "model": model,
         "variant": config.variant or "paper",
@@ -134,14 +156,14 @@ def bench_model(model: str, args) -> dict:
         **timing,
         "examples_per_s": global_batch / step_s,
         "images_per_s": global_batch * views / step_s,
-        "final_loss": float(metrics["loss"]),
+        "final_loss": float(metrics["loss"] if "loss" in metrics else metrics["g_loss"]),
     })
     return row
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", default=",".join(MODELS), help="comma-separated: classifier,vcn")
+    p.add_argument("--models", default="classifier,vcn", help=f"comma-separated subset of {', '.join(MODELS)}")
     p.add_argument("--variant", default="cpu", help="config variant: '' (paper), 'cpu' or 'smoke'")
     p.add_argument("--resolution", type=int, default=None, help="override data.resolution")
     p.add_argument("--batch_size", type=int, default=None, help="override train.batch_size (global)")

@@ -68,9 +68,9 @@ def test_markdown_table():
 
 
 def test_train_step_quick(tmp_path):
-    payload = _load(train_step.main(["--quick", "--out", str(tmp_path / "train_step.json")]))
+    payload = _load(train_step.main(["--quick", "--models=classifier,vcn,emixer", "--out", str(tmp_path / "train_step.json")]))
     rows = {r["model"]: r for r in payload["results"]}
-    assert set(rows) == {"classifier", "vcn"}
+    assert set(rows) == {"classifier", "vcn", "emixer"}
     for row in rows.values():
         assert row["variant"] == "smoke"
         _positive(row, ["compile_s", "lower_s", "step_ms_median", "steps_per_s", "images_per_s", "examples_per_s",
