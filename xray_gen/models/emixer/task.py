@@ -108,7 +108,13 @@ class EmixerTask(loop.Task):
         self.D_report = ReportDiscriminator(vocab, e.report_embed_dim, e.report_hidden)
         self.D_joint = JointDiscriminator(vocab, ch=e.joint_ch, embed_dim=e.report_embed_dim, hidden=e.report_hidden)
         self._encoder_init = None  # F's DenseNet weights from the trained classifier (prepare)
-        self.gen_tx = optax.adam(e.g_lr, b1=e.b1, b2=e.b2)
+        # G and F share one optimiser state but F (a language model) may use its own Adam settings:
+        # with BigGAN's beta1 = 0 and a GAN-sized rate it learns its reports too slowly.
+        f_lr = e.get("f_lr", 0.0) or e.g_lr
+        f_b1 = e.b1 if e.get("f_b1", -1.0) < 0 else e.f_b1
+        self.gen_tx = optax.multi_transform(
+            {"G": optax.adam(e.g_lr, b1=e.b1, b2=e.b2), "F": optax.adam(f_lr, b1=f_b1, b2=e.b2)},
+            lambda tree: {k: jax.tree.map(lambda _: k, v) for k, v in tree.items()})
         self.disc_tx = optax.adam(e.d_lr, b1=e.b1, b2=e.b2)
 
     # ---- prepared classifier (FID features, clinical agreement, F's image encoder) ------------
