@@ -108,6 +108,18 @@ def calibrate_matmul(n: int = 1024, repeats: int = 5) -> float:
     return 2.0 * n**3 / t["min_s"]
 
 
+def param_count(state) -> int:
+    """Trainable parameters: every array under a `params` attribute or key (EMIXER keeps several
+    networks' variables in dicts; EMA copies and optimiser moments are not counted)."""
+    import jax
+
+    def named_params(path) -> bool:
+        return any(getattr(k, "name", getattr(k, "key", None)) == "params" for k in path)
+
+    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+    return sum(int(np.prod(x.shape)) for path, x in leaves if named_params(path))
+
+
 def bench_model(model: str, args) -> dict:
     import jax
 
@@ -123,7 +135,7 @@ def bench_model(model: str, args) -> dict:
     state = jax.jit(task.init, out_shardings=rep)(jax.random.PRNGKey(config.seed))
     jax.block_until_ready(state)
     init_s = time.perf_counter() - t0
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    n_params = param_count(state)
 
     batch = to_global(synthetic_batch(task, local_batch, seed=args.seed), mesh)
     jax.block_until_ready(batch)
