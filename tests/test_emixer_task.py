@@ -140,7 +140,7 @@ def test_projection_term_is_zero_for_unlabelled_rows(trained):
     task = main.make_task(config, workdir)
     state, _ = loop.restore_latest(task, config, workdir)
     mesh = make_mesh(config.mesh.data)
-    step = jax.jit(task.phase_step(0), in_shardings=(replicated(mesh), batch_sharding(mesh)),
+    step = jax.jit(task.train_step, in_shardings=(replicated(mesh), batch_sharding(mesh)),
                    out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
     batch = next(iter(task.train_loader()))
     rng = np.random.default_rng(0)
@@ -205,3 +205,35 @@ def test_gradient_accumulation_step_runs_and_bad_split_is_named(trained):
     config_other.model, config_other.train.grad_accum_steps = "pggan", 2
     with pytest.raises(ValueError, match="not pggan"):
         main.run(config_other, workdir, "train")
+
+
+def test_f_pretrain_phase_trains_f_alone(trained):
+    """Phase 0 (emixer.f_pretrain_steps) moves only F's parameters and lowers its teacher-forced loss;
+    entering the joint phase resets the G/F Adam moments."""
+    from xray_gen.training import loop
+
+    config, workdir = trained
+    task = main.make_task(config, workdir)
+    assert [task.phase(s) for s in range(3)] == [0, 1, 1]
+    state, _ = loop.restore_latest(task, config, workdir)
+    batch = jax.tree.map(jnp.asarray, next(iter(task.train_loader())))
+    step = jax.jit(task.phase_step(0))
+    new, first = step(state, batch)
+    for _ in range(5):
+        new, metrics = step(new, batch)
+    assert float(metrics["f_loss"]) < float(first["f_loss"])
+    same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    assert same(state.gen["G"], new.gen["G"]) and same(state.disc, new.disc)
+    assert not same(state.gen["F"]["params"], new.gen["F"]["params"])
+    fresh = task.enter_phase(new, 1)
+    assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree.leaves(fresh.gen_opt) if x.dtype != jnp.int32)
+
+
+def test_scale_gradient_keeps_values_and_scales_gradients():
+    from xray_gen.models.emixer.task import _scale_gradient
+
+    x = {"w": jnp.array([1.5, -2.0])}
+    f = lambda t, w: jnp.sum(_scale_gradient(t, w)["w"] ** 2)
+    assert float(f(x, 0.1)) == float(jnp.sum(x["w"] ** 2))
+    np.testing.assert_allclose(jax.grad(f)(x, 0.1)["w"], 0.1 * 2 * x["w"], rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(f)(x, 0.0)["w"], 0.0)

@@ -226,3 +226,12 @@ def test_evaluation_at_checkpoints_is_kept_apart_logged_and_never_fatal(tmp_path
     curves = read_curves(str(tmp_path), "checkpoint_eval/*")
     assert set(curves) == {"checkpoint_eval/w0", "checkpoint_eval/nested.step"}  # numbers only, finite only
     assert [s for s, _ in curves["checkpoint_eval/nested.step"]] == [3, 9]
+
+
+def test_metrics_window_spanning_two_phases_averages_each_metric_over_its_steps():
+    """A log window that crosses a phase switch mixes steps with different metric names."""
+    from xray_gen.training.loop import _check_and_average
+
+    pending = [(1, {"f_loss": np.float32(2.0)}), (2, {"f_loss": np.float32(4.0)}),
+               (3, {"g_loss": np.float32(1.0), "f_word_ce": np.float32(0.5)})]
+    assert _check_and_average(pending) == {"f_loss": 3.0, "g_loss": 1.0, "f_word_ce": 0.5}

@@ -161,7 +161,8 @@ class _DevicePrefetcher:
 
 
 def _check_and_average(pending: list[tuple[int, dict]]) -> dict[str, float]:
-    """Fetches buffered metrics in one transfer, raises on the first non-finite one, averages."""
+    """Fetches buffered metrics in one transfer, raises on the first non-finite one, averages each
+    metric over the steps that reported it (a window may span two phases with different metrics)."""
     steps = [s for s, _ in pending]
     host = jax.device_get([m for _, m in pending])
     for step, metrics in zip(steps, host):
@@ -171,7 +172,8 @@ def _check_and_average(pending: list[tuple[int, dict]]) -> dict[str, float]:
                     f"non-finite training metric {name!r} = {value} at step {step}; "
                     "no checkpoint was written after it (the last good checkpoint is kept)"
                 )
-    return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+    names = dict.fromkeys(k for m in host for k in m)
+    return {k: float(np.mean([m[k] for m in host if k in m])) for k in names}
 
 
 def train(task: Task, config, workdir: str):

@@ -11,7 +11,13 @@ one joint update of G and F:
   F's teacher-forced word CE + stop BCE on real pairs. Gradients reach G through F's soft
   decoding of its images, and F through both paths.
 Generated images are conditioned on label vectors drawn from the labelled rows of the batch, so
-they follow the data's label distribution. Few labels: `emixer.label_fraction` keeps each
+they follow the data's label distribution.
+
+Two options keep F a language model while it is trained adversarially (the paper is silent on
+both; text GANs usually need them): `emixer.f_pretrain_steps` first trains F alone by teacher
+forcing (phase 0; G and the discriminators wait, and the joint phase starts with fresh Adam
+moments), and `emixer.f_adversarial_weight` scales the adversarial gradient that reaches F's own
+parameters (G still gets the full gradient through F's image input). Few labels: `emixer.label_fraction` keeps each
 study's labels with that probability (a per-study hash, i.e. about that fraction of every class).
 """
 
@@ -116,6 +122,10 @@ class EmixerTask(loop.Task):
             {"G": optax.adam(e.g_lr, b1=e.b1, b2=e.b2), "F": optax.adam(f_lr, b1=f_b1, b2=e.b2)},
             lambda tree: {k: jax.tree.map(lambda _: k, v) for k, v in tree.items()})
         self.disc_tx = optax.adam(e.d_lr, b1=e.b1, b2=e.b2)
+        self.f_pretrain_steps = int(e.get("f_pretrain_steps", 0))
+        if not 0 <= self.f_pretrain_steps < config.train.num_steps:
+            raise ValueError(f"emixer.f_pretrain_steps={self.f_pretrain_steps} must be in [0, train.num_steps="
+                             f"{config.train.num_steps}): the joint phase needs steps too")
 
     # ---- prepared classifier (FID features, clinical agreement, F's image encoder) ------------
     def classifier(self):
@@ -144,6 +154,19 @@ class EmixerTask(loop.Task):
         c = self.config
         return make_loader(open_split(c.data, "train", views=("frontal",)), self.transforms(), c.train.batch_size,
                            seed=c.seed, worker_count=c.data.worker_count)
+
+    # ---- phases: optional F pre-training, then the joint GAN ------------------------------------
+    def phase(self, step: int) -> int:
+        return 0 if step < self.f_pretrain_steps else 1
+
+    def phase_step(self, phase: int):
+        return self.f_pretrain_step if phase == 0 else self.train_step
+
+    def enter_phase(self, state, phase: int):
+        """The joint phase starts with fresh Adam moments for G and F (F's were shaped by teacher forcing alone)."""
+        if phase == 1 and self.f_pretrain_steps:
+            state = state.replace(gen_opt=self.gen_tx.init(self._trainable(state.gen)))
+        return state
 
     # ---- pure functions -----------------------------------------------------------------------
     def init(self, rng):
@@ -192,6 +215,35 @@ class EmixerTask(loop.Task):
                                      straight_through=e.straight_through, train=train, method=self.F.decode_soft,
                                      mutable=MUTABLE)
         return images, report, {"G": {**gen["G"], **g_upd}, "F": {**gen["F"], **f_upd}}
+
+    def _teacher(self, f_vars, m):
+        """F's teacher-forced loss on real pairs: (loss, (new F variables, {"f_word_ce", "f_stop_bce"}))."""
+        out, upd = self.F.apply(f_vars, m["real"], m["ids"], train=True, mutable=MUTABLE)
+        loss, terms = losses.report_generator_loss(out["word_logits"], out["stop_logits"], m["ids"], m["mask"],
+                                                   self.config.emixer.stop_weight)
+        return loss, ({**f_vars, **upd}, {f"f_{k}": v for k, v in terms.items()})
+
+    def f_pretrain_step(self, state: EmixerState, batch):
+        """Phase 0: F alone, teacher-forced on the whole batch (G's gradient is zero, so Adam leaves it as is)."""
+        accum = self.config.train.get("grad_accum_steps", 1)
+        real = aug.to_float(batch["frontal"])
+        if self.config.emixer.out_channels == 3:
+            real = jnp.repeat(real, 3, axis=-1)
+        data = {"real": real, "ids": batch["report_ids"], "mask": batch["report_mask"]}
+
+        def micro(trainable, m, gen_vars, index):
+            def loss_fn(trainable):
+                g = self._with_trainable(gen_vars, trainable)
+                loss, (f_vars, terms) = self._teacher(g["F"], m)
+                return loss, ({**gen_vars, "F": {**f_vars, "params": gen_vars["F"]["params"]}}, terms)
+
+            return jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+
+        trainable = self._trainable(state.gen)
+        (loss, (new_gen, terms)), grads = accumulate(micro, trainable, data, state.gen, accum)
+        steps, gen_opt = self.gen_tx.update(grads, state.gen_opt, trainable)
+        gen = self._with_trainable(new_gen, optax.apply_updates(trainable, steps))
+        return state.replace(step=state.step + 1, gen=gen, gen_opt=gen_opt), {"f_loss": loss, **terms}
 
     def train_step(self, state: EmixerState, batch):
         """`d_steps` discriminator updates, each on its own slice of the batch, then one G/F update on
@@ -260,7 +312,9 @@ class EmixerTask(loop.Task):
 
             def gen_loss_fn(trainable):
                 g = self._with_trainable(gen_vars, trainable)
-                fake, report, new_gen = self._generate(g, z, y_fake, k_f, True)
+                f_adv = e.get("f_adversarial_weight", 1.0)
+                g_adv = g if f_adv == 1.0 else {**g, "F": {**g["F"], "params": _scale_gradient(g["F"]["params"], f_adv)}}
+                fake, report, new_gen = self._generate(g_adv, z, y_fake, k_f, True)
                 rotated, rot_labels = losses.rotate_batch(fake)
                 out, _ = self.D.apply(d_vars["image"], rotated, jnp.tile(y_fake, (4, 1)),
                                       jnp.concatenate([jnp.ones(b), jnp.zeros(3 * b)]), train=False,
@@ -271,16 +325,14 @@ class EmixerTask(loop.Task):
                 joint, _ = self.D_joint.apply(d_vars["joint"], fake, report["dist"], report["mask"], train=False,
                                               mutable=[SPECTRAL_STATS])
                 adv_joint = losses.g_loss(joint, e.loss)
-                teacher, f_upd = self.F.apply(new_gen["F"], m["real"], m["ids"], train=True, mutable=MUTABLE)
-                f_loss, f_terms = losses.report_generator_loss(teacher["word_logits"], teacher["stop_logits"], m["ids"],
-                                                               m["mask"], e.stop_weight)
+                f_loss, (f_vars, f_terms) = self._teacher({**new_gen["F"], "params": g["F"]["params"]}, m)
                 total = (adv_image + losses.G_ROTATION_WEIGHT * rotation + e.report_weight * (adv_report + adv_joint)
                          + e.teacher_weight * f_loss)
                 if e.orthogonal_reg > 0:
                     total = total + losses.orthogonal_regularization(trainable["G"], e.orthogonal_reg)
-                new_gen = {"G": new_gen["G"], "F": {**new_gen["F"], **f_upd}}
+                new_gen = {"G": new_gen["G"], "F": {**f_vars, "params": gen_vars["F"]["params"]}}
                 return total, (new_gen, {"g_image": adv_image, "g_rotation": rotation, "g_report": adv_report,
-                                         "g_joint": adv_joint, **{f"f_{k}": v for k, v in f_terms.items()}})
+                                         "g_joint": adv_joint, **f_terms})
 
             return jax.value_and_grad(gen_loss_fn, has_aux=True)(trainable)
 
@@ -315,6 +367,11 @@ class EmixerTask(loop.Task):
         from xray_gen.models.emixer.evaluation import final_report
 
         return final_report(self, state, workdir)
+
+
+def _scale_gradient(tree, weight: float):
+    """Identity in the forward pass; gradients through `tree` are multiplied by `weight`."""
+    return jax.tree.map(lambda x: jax.lax.stop_gradient(x) + weight * (x - jax.lax.stop_gradient(x)), tree)
 
 
 def _params(disc):
