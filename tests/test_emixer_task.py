@@ -128,6 +128,11 @@ def test_evaluate_and_label_fraction_table(trained, tmp_path):
     assert "| 30% | 123.00 |" in table["markdown"] and (tmp_path / "table" / "label_fractions.md").exists()
     with pytest.raises(FileNotFoundError, match="run --mode=evaluate"):
         compare_label_fractions([str(tmp_path / "table")])
+    from xray_gen.models.emixer.evaluation import main as table_main
+
+    assert table_main([f"--workdirs={workdir},{other}", f"--out={tmp_path / 'cli'}"]) == 0
+    assert (tmp_path / "cli" / "label_fractions.md").read_text() == table["markdown"]
+    assert table_main([f"--workdirs={tmp_path / 'table'}", f"--out={tmp_path / 'cli'}"]) == 1  # named, no traceback
 
 
 def test_projection_term_is_zero_for_unlabelled_rows(trained):

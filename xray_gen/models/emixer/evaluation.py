@@ -281,3 +281,28 @@ def compare_label_fractions(workdirs, split: str = "test", out_dir: str | None =
         with atomic_open(os.path.join(out_dir, "label_fractions.md")) as f:
             f.write(report["markdown"])
     return report
+
+
+def main(argv=None) -> int:
+    """`python -m xray_gen.models.emixer.evaluation --workdirs=W100,W30 --out=DIR`: the Table 3 comparison."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m xray_gen.models.emixer.evaluation",
+                                     description="EMIXER limited-label table (paper Table 3) from evaluated workdirs: "
+                                                 "writes OUT/label_fractions.json and .md and prints the markdown.")
+    parser.add_argument("--workdirs", required=True, help="comma-separated workdirs, each run with --mode=evaluate")
+    parser.add_argument("--split", default="test", help="which eval/emixer_<split>.json to read")
+    parser.add_argument("--out", required=True, help="output directory")
+    args = parser.parse_args(argv)
+    try:
+        report = compare_label_fractions([w for w in args.workdirs.split(",") if w.strip()], args.split, args.out)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(report["markdown"], end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
