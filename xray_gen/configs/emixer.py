@@ -6,7 +6,7 @@
   python -m xray_gen.main --config=configs/emixer.py:cpu --workdir=/tmp/emixer --mode=evaluate
 
 Variants: '' (paper: 128 px, batch 512, BigGAN ch 64), 'labels30' / 'labels50' (the few-label
-settings), 'cpu' (64 px on the phantom, about 26 minutes on 2 cores), 'cpu_labels30', 'smoke'.
+settings), 'cpu' (64 px on the phantom, 28 minutes on 2 cores as measured), 'cpu_labels30', 'smoke'.
 """
 
 import ml_collections
