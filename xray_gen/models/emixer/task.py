@@ -216,6 +216,11 @@ class EmixerTask(loop.Task):
                                      mutable=MUTABLE)
         return images, report, {"G": {**gen["G"], **g_upd}, "F": {**gen["F"], **f_upd}}
 
+    def _real_images(self, batch):
+        """The batch's frontal images as floats in [-1, 1], repeated to 3 channels when G makes 3."""
+        real = aug.to_float(batch["frontal"])
+        return jnp.repeat(real, 3, axis=-1) if self.config.emixer.out_channels == 3 else real
+
     def _teacher(self, f_vars, m):
         """F's teacher-forced loss on real pairs: (loss, (new F variables, {"f_word_ce", "f_stop_bce"}))."""
         out, upd = self.F.apply(f_vars, m["real"], m["ids"], train=True, mutable=MUTABLE)
@@ -226,10 +231,7 @@ class EmixerTask(loop.Task):
     def f_pretrain_step(self, state: EmixerState, batch):
         """Phase 0: F alone, teacher-forced on the whole batch (G's gradient is zero, so Adam leaves it as is)."""
         accum = self.config.train.get("grad_accum_steps", 1)
-        real = aug.to_float(batch["frontal"])
-        if self.config.emixer.out_channels == 3:
-            real = jnp.repeat(real, 3, axis=-1)
-        data = {"real": real, "ids": batch["report_ids"], "mask": batch["report_mask"]}
+        data = {"real": self._real_images(batch), "ids": batch["report_ids"], "mask": batch["report_mask"]}
 
         def micro(trainable, m, gen_vars, index):
             def loss_fn(trainable):
@@ -250,9 +252,7 @@ class EmixerTask(loop.Task):
         the first slice; with train.grad_accum_steps = k each update averages k microbatches."""
         e, accum = self.config.emixer, self.config.train.get("grad_accum_steps", 1)
         rng = jax.random.fold_in(state.rng, state.step)
-        real_all = aug.to_float(batch["frontal"])
-        if e.out_channels == 3:
-            real_all = jnp.repeat(real_all, 3, axis=-1)
+        real_all = self._real_images(batch)
         data_all = {"real": real_all, "y": batch["targets"] * batch["label_mask"], "has": batch["labeled_mask"],
                     "ids": batch["report_ids"], "mask": batch["report_mask"]}
         n = real_all.shape[0] // e.d_steps
