@@ -69,19 +69,19 @@ def generate_pairs(task, state, inputs: dict, seeds, batch_size: int) -> dict:
     null = jax.tree.map(jnp.asarray, task.null_inputs())
 
     @jax.jit
-    def run(params, scale, frozen, batch):
+    def run(state, frozen, batch):
         batch = dict(batch)
         keys = jax.vmap(jax.random.PRNGKey)(batch.pop("seed"))
         cond = task.condition_of(frozen["clip"], batch)
         x_T = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), task.latent_shape))(keys)
-        z = diffusion.sample(task.denoise_fn(params), task.schedule, x_T, cond, task.condition_of(frozen["clip"], null),
+        z = diffusion.sample(task.denoise_fn(state.params), task.schedule, x_T, cond, task.condition_of(frozen["clip"], null),
                              cfg, rng=jax.random.fold_in(keys[0], 1))
-        images = jnp.clip(task.vae.apply({"params": frozen["autoencoder"]}, z / scale, method=task.vae.decode), -1, 1)
+        images = task.decode_latents(frozen["autoencoder"], z, state)
         ids, lengths = _report_ids(task, frozen, z, jax.random.fold_in(keys[0], 2))
         return {"images": images, "latents": z, "report_ids": ids, "report_lengths": lengths}
 
     arrays = {**{k: np.asarray(v) for k, v in inputs.items()}, "seed": np.asarray(seeds, np.uint32)}
-    return _batched(lambda b: run(state.params, state.latent_scale, frozen, b), arrays, batch_size)
+    return _batched(lambda b: run(state, frozen, b), arrays, batch_size)
 
 
 def reports_for_images(task, state, images_uint8: np.ndarray, batch_size: int, seed: int = 0) -> dict:
@@ -89,12 +89,12 @@ def reports_for_images(task, state, images_uint8: np.ndarray, batch_size: int, s
     frozen = task.frozen()
 
     @jax.jit
-    def run(scale, frozen, batch):
-        z = task.encode_latents(frozen["autoencoder"], batch["images"], None, scale)
+    def run(state, frozen, batch):
+        z = task.encode_latents(frozen["autoencoder"], batch["images"], None, state)
         ids, lengths = _report_ids(task, frozen, z, jax.random.PRNGKey(seed))
         return {"report_ids": ids, "report_lengths": lengths}
 
-    return _batched(lambda b: run(state.latent_scale, frozen, b), {"images": np.asarray(images_uint8)}, batch_size)
+    return _batched(lambda b: run(state, frozen, b), {"images": np.asarray(images_uint8)}, batch_size)
 
 
 def decode_reports(tokenizer, ids: np.ndarray) -> list[str]:

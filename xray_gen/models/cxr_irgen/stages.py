@@ -2,7 +2,7 @@
 sub-directory by `CxrIRGenTask.prepare()` (in this order):
 
 1. `AutoencoderTask`  KL autoencoder: L1 (or L2) reconstruction + kl_weight * KL per pixel; after
-   training the latent scale factor 1/std(latents) is measured from data (`measure_latent_scale`).
+   training the latents' per-channel shift and scale are measured from data (`measure_latent_stats`).
 2. `ClipTask`         CLIP dual encoder on (frontal image, label prompt) pairs with clip_loss;
    identical prompts in a batch count as matches.
 3. `TextAutoencoderTask`  language stage 1: BART encoder -> pooled text vector -> BART decoder
@@ -165,14 +165,40 @@ class AutoencoderTask(StageTask):
                             [ToModelInputs.from_data_config(d, views=("frontal",))])
 
 
-def measure_latent_scale(config, ae_params, directory: str, num_images: int) -> float:
-    """1 / std of posterior samples of up to `num_images` training images (SD's 0.18215 is this
-    number for SD's autoencoder): unit-variance latents are what the noise schedule assumes.
-    Written to `directory/latent_scale.json`, read back by later runs."""
+def normalize_latents(z, scale, shift):
+    """Autoencoder latents -> the diffusion space: (z - shift) * scale, shift per channel (the
+    diffusers `shift_factor` convention; SD-1.x: shift 0, scale 0.18215)."""
+    return (z - shift) * scale
+
+
+def denormalize_latents(z, scale, shift):
+    """The diffusion space -> autoencoder latents (the inverse of `normalize_latents`)."""
+    return z / scale + shift
+
+
+def read_latent_stats(directory: str):
+    """{"latent_scale", "latent_shift"} from `directory/latent_scale.json`; None when absent or
+    written before the shift was measured (its denoiser would not match: measure again)."""
     path = os.path.join(directory, LATENT_SCALE_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            return float(json.load(f)["latent_scale"])
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        stats = json.load(f)
+    if "latent_shift" not in stats:
+        return None
+    return {"latent_scale": float(stats["latent_scale"]), "latent_shift": [float(v) for v in stats["latent_shift"]]}
+
+
+def measure_latent_stats(config, ae_params, directory: str, num_images: int) -> dict:
+    """Per-channel mean (the shift) and 1 / std after the shift (the scale) of posterior samples of
+    up to `num_images` training images: the noise schedule assumes zero-mean, unit-variance data.
+    The shift matters: SD's schedule leaves a little signal at its last step (alpha_bar 0.0047), so a
+    denoiser trained on latents whose channel means are far from zero learns to read those means
+    from x_t and, started from pure noise, drifts to textures (SD's own latents are near zero-mean,
+    hence its scale alone, 0.18215). Written to `directory/latent_scale.json`, read back later."""
+    stats = read_latent_stats(directory)
+    if stats is not None:
+        return stats
     net = AutoencoderKL(vae_config(config))
     d = config.data
     source = open_split(d, "train", views=("frontal",))
@@ -184,15 +210,20 @@ def measure_latent_scale(config, ae_params, directory: str, num_images: int) -> 
     total, total_sq, count = 0.0, 0.0, 0
     for i, b in enumerate(loader):
         z = np.asarray(encode(ae_params, b["frontal"], jax.random.PRNGKey(i)), np.float64)
-        total, total_sq, count = total + z.sum(), total_sq + np.square(z).sum(), count + z.size
-        if count >= n * z[0].size:
+        flat = z.reshape(-1, z.shape[-1])
+        total, total_sq, count = total + flat.sum(0), total_sq + np.square(flat).sum(0), count + len(flat)
+        if count >= n * z[0].size // z.shape[-1]:
             break
-    std = float(np.sqrt(max(total_sq / count - (total / count) ** 2, 1e-12)))
-    scale = 1.0 / std
-    with atomic_open(path, "w") as f:
-        json.dump({"latent_scale": scale, "latent_std": std, "num_latent_values": int(count)}, f, indent=2)
-    logging.info("CXR-IRGen: latent std %.4f over %d values -> scale factor %.5f", std, count, scale)
-    return scale
+    shift = total / count
+    variance = np.maximum(total_sq / count - np.square(shift), 0.0)  # per channel, about its mean
+    std = float(np.sqrt(max(float(variance.mean()), 1e-12)))
+    stats = {"latent_scale": 1.0 / std, "latent_shift": [float(v) for v in shift]}
+    with atomic_open(os.path.join(directory, LATENT_SCALE_FILE), "w") as f:
+        json.dump({**stats, "latent_std": std, "channel_std": [float(v) for v in np.sqrt(variance)],
+                   "num_latent_values": int(count * z.shape[-1])}, f, indent=2)
+    logging.info("CXR-IRGen: latent channel means %s, std after the shift %.4f over %d values -> scale %.5f",
+                 np.round(shift, 4).tolist(), std, count * z.shape[-1], stats["latent_scale"])
+    return stats
 
 
 class ClipTask(StageTask):
@@ -244,16 +275,18 @@ class TextAutoencoderTask(StageTask):
 
 
 class PriorTask(StageTask):
-    """Needs the frozen autoencoder (params, latent scale) and stage-1 text autoencoder params."""
+    """Needs the frozen autoencoder (params, latent scale and shift) and stage-1 text autoencoder params."""
 
     stage = "prior"
 
-    def __init__(self, config, tokenizer, ae_params=None, latent_scale: float = 1.0, text_params=None):
+    def __init__(self, config, tokenizer, ae_params=None, latent_stats: dict | None = None, text_params=None):
         super().__init__(config, tokenizer)
         self.net = prior_model(config, tokenizer.vocab_size)
         self.vae = AutoencoderKL(vae_config(config))
         self.text = report_model(config, tokenizer.vocab_size)
-        self.ae_params, self.latent_scale, self.text_params = ae_params, float(latent_scale), text_params
+        self.ae_params, self.text_params = ae_params, text_params
+        stats = latent_stats or {"latent_scale": 1.0, "latent_shift": 0.0}
+        self.latent_scale, self.latent_shift = float(stats["latent_scale"]), np.asarray(stats["latent_shift"], np.float32)
         if self.s.loss not in language.PRIOR_LOSSES:
             raise ValueError(f"cxr_irgen.prior.loss={self.s.loss!r} is not one of {language.PRIOR_LOSSES}")
 
@@ -264,7 +297,7 @@ class PriorTask(StageTask):
     def loss(self, params, batch, rng):
         k_z, k_drop = jax.random.split(rng)
         posterior = self.vae.apply({"params": self.ae_params}, aug.to_float(batch["frontal"]), method=self.vae.encode)
-        latents = posterior.sample(k_z) * self.latent_scale
+        latents = normalize_latents(posterior.sample(k_z), self.latent_scale, self.latent_shift)
         target = self.text.apply({"params": self.text_params}, batch["report_ids"], batch["report_mask"],
                                  method=self.text.encode_report)
         pred = self.net.apply({"params": params}, latents, deterministic=False, rngs={"dropout": k_drop})

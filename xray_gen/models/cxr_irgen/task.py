@@ -2,8 +2,8 @@
 conditioned on the frozen CLIP's label prompt and reference-image embeddings.
 
 `prepare()` first trains the prerequisite stages (stages.py) resumably in sub-directories, measures
-the latent scale and trains the evaluation classifier. The step then encodes the batch's frontal
-images with the frozen autoencoder (a posterior sample times the latent scale), encodes the prompt
+the latents' shift and scale and trains the evaluation classifier. The step then encodes the batch's frontal
+images with the frozen autoencoder (a posterior sample, shifted and scaled to zero mean and unit variance), encodes the prompt
 and the reference image with the frozen CLIP, and takes the epsilon (or v) loss of diffusion.py with
 10% conditioning dropout to the null condition (empty prompt, zero reference), so classifier-free
 guidance is meaningful (the official code never drops the condition; DESIGN §6). Conditioning:
@@ -16,7 +16,6 @@ The reference is a training image with the same labels, never the example itself
 
 from __future__ import annotations
 
-import json
 import os
 
 import flax
@@ -47,6 +46,7 @@ class CxrIRGenState:
     params: dict  # the denoiser's
     opt_state: optax.OptState
     latent_scale: jax.Array  # 1 / std of the autoencoder's latents (measured after its training)
+    latent_shift: jax.Array  # (C,) their per-channel mean, subtracted before the scale
 
 
 class CxrIRGenTask(loop.Task):
@@ -93,7 +93,7 @@ class CxrIRGenTask(loop.Task):
         self.schedule = diffusion.make_schedule(x.schedule, x.num_train_timesteps)
         self.tx = optax.chain(optax.clip_by_global_norm(x.grad_clip),
                               optax.adamw(x.learning_rate, weight_decay=x.weight_decay))
-        self._latent_scale = 1.0
+        self._latent_stats = {"latent_scale": 1.0, "latent_shift": [0.0] * ch}
         self._frozen = None
         self._references = None
 
@@ -117,7 +117,7 @@ class CxrIRGenTask(loop.Task):
         if name == "prior":
             ae = self._stage("autoencoder", False)[1]
             text = self._stage("language", False)[1]
-            task = stages.PriorTask(c, tok, ae, self.latent_scale(), text)
+            task = stages.PriorTask(c, tok, ae, self.latent_stats(), text)
         else:
             task = {"autoencoder": stages.AutoencoderTask, "clip": stages.ClipTask,
                     "language": stages.TextAutoencoderTask}[name](c, tok)
@@ -127,21 +127,21 @@ class CxrIRGenTask(loop.Task):
         state, _ = loop.restore_latest(task, task.config, self.stage_dir(name))
         return task, state.params
 
-    def latent_scale(self) -> float:
-        path = os.path.join(self.stage_dir("autoencoder"), stages.LATENT_SCALE_FILE)
-        if not os.path.exists(path):
+    def latent_stats(self) -> dict:
+        """{"latent_scale", "latent_shift"} of the trained autoencoder (measured once, then read)."""
+        stats = stages.read_latent_stats(self.stage_dir("autoencoder"))
+        if stats is None:
             ae = self._stage("autoencoder", False)[1]
-            return stages.measure_latent_scale(self.config, ae, self.stage_dir("autoencoder"),
-                                               self.config.cxr_irgen.autoencoder.scale_images)
-        with open(path) as f:
-            return float(json.load(f)["latent_scale"])
+            stats = stages.measure_latent_stats(self.config, ae, self.stage_dir("autoencoder"),
+                                                self.config.cxr_irgen.autoencoder.scale_images)
+        return stats
 
     def prepare(self) -> None:
         """Trains every stage in order (each resumes where it stopped), measures the latent scale,
         trains the evaluation classifier."""
         for name in stages.STAGES:
             if name == "prior":
-                self._latent_scale = self.latent_scale()
+                self._latent_stats = self.latent_stats()
             self._stage(name, train=True)
         self.classifier().train()
 
@@ -202,17 +202,25 @@ class CxrIRGenTask(loop.Task):
         params = self.denoiser.init(jax.random.fold_in(rng, 1), jnp.zeros((1,) + self.latent_shape), jnp.zeros((1,)),
                                     *null)["params"]
         return CxrIRGenState(step=jnp.zeros((), jnp.int32), rng=jax.random.fold_in(rng, 2), params=params,
-                             opt_state=self.tx.init(params), latent_scale=jnp.float32(self._latent_scale))
+                             opt_state=self.tx.init(params),
+                             latent_scale=jnp.float32(self._latent_stats["latent_scale"]),
+                             latent_shift=jnp.asarray(self._latent_stats["latent_shift"], jnp.float32))
 
     def _clip_shapes(self):
         n, r = self.config.cxr_irgen.prompt_len, self.config.data.resolution
         return jax.eval_shape(lambda: self.clip.init(jax.random.PRNGKey(0), ids=jnp.zeros((1, n), jnp.int32),
                                                      mask=jnp.ones((1, n)), images=jnp.zeros((1, r, r, 1)))["params"])
 
-    def encode_latents(self, ae_params, images_uint8, rng, latent_scale):
+    def encode_latents(self, ae_params, images_uint8, rng, state):
+        """uint8 images -> the denoiser's latents (a posterior sample, or its mode when rng is None)."""
         posterior = self.vae.apply({"params": ae_params}, aug.to_float(images_uint8), method=self.vae.encode)
         z = posterior.mode() if rng is None else posterior.sample(rng)
-        return z * latent_scale
+        return stages.normalize_latents(z, state.latent_scale, state.latent_shift)
+
+    def decode_latents(self, ae_params, z, state):
+        """The denoiser's latents -> images in [-1, 1]."""
+        z = stages.denormalize_latents(z, state.latent_scale, state.latent_shift)
+        return jnp.clip(self.vae.apply({"params": ae_params}, z, method=self.vae.decode), -1, 1)
 
     def train_step(self, state, batch):
         """One AdamW step on the denoising loss; train.grad_accum_steps microbatches are averaged first."""
@@ -222,7 +230,7 @@ class CxrIRGenTask(loop.Task):
 
         def micro(params, m, carry, index):
             k_z, k_loss = jax.random.split(key if accum == 1 else jax.random.fold_in(key, index))
-            z = self.encode_latents(frozen["autoencoder"], m["frontal"], k_z, state.latent_scale)
+            z = self.encode_latents(frozen["autoencoder"], m["frontal"], k_z, state)
             cond = self.condition_of(frozen["clip"], m)
 
             def loss_fn(params):
