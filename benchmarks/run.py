@@ -5,8 +5,11 @@ utilisation against a declared peak and memory, for every model and training pha
   python benchmarks/run.py --quick              # smoke variants, a step or two each (the tests)
   python benchmarks/run.py --variant='' --compile_only --peak_flops=989e12   # paper sizes on an H100
   python benchmarks/run.py --models=pggan,xraygan --out=results.json
+  python benchmarks/run.py --models=classifier,emixer,cxr_irgen --width_multipliers=0.5,1,2 --batch_sizes=8,32
+                                                # scaling sweep (the train_step.py models)
 
-Each model's own script (`train_step.py` for the classifier and VCN, `xraygan.py`, `pggan.py`) runs in
+Each model's own script (`train_step.py` for the classifier, VCN, EMIXER and CXR-IRGen's denoiser (U-ViT
+and U-Net), `xraygan.py`, `pggan.py`) runs in
 its own process, so one model's compilation cache and memory do not colour another's numbers; the
 runner passes the shared options through, reads the JSON each writes, and puts one row per measured
 phase into a combined JSON (`benchmarks/results/all_<variant>.json`) and a markdown table
@@ -37,8 +40,10 @@ SCRIPTS = {
     "xraygan": ("xraygan.py", []),
     "pggan": ("pggan.py", []),
     "emixer": ("train_step.py", ["--models=emixer"]),
+    "cxr_irgen": ("train_step.py", ["--models=cxr_irgen,cxr_irgen_unet"]),
 }
-COLUMNS = ["model", "phase", "resolution", "batch", "compile_s", "gflops_per_step", "step_ms_median", "steps_per_s",
+SWEEPABLE = ("classifier", "vcn", "emixer", "cxr_irgen")  # the models benchmarked by train_step.py
+COLUMNS = ["model", "phase", "resolution", "batch", "width_multiplier", "compile_s", "gflops_per_step", "step_ms_median", "steps_per_s",
            "images_per_s", "achieved_gflops_s", "utilisation", "footprint_mb", "status"]
 
 
@@ -51,6 +56,7 @@ def _phase_rows(model: str, payload: dict) -> list[dict]:
             "phase": r.get("label") or r.get("model") or "",
             "resolution": r.get("resolution"),
             "batch": r.get("batch"),
+            "width_multiplier": r.get("width_multiplier"),
             "compile_s": r.get("compile_total_s", r.get("compile_s")),
             "gflops_per_step": r.get("gflops_per_step"),
             "step_ms_median": r.get("step_ms_median"),
@@ -59,7 +65,7 @@ def _phase_rows(model: str, payload: dict) -> list[dict]:
             "achieved_gflops_s": r.get("achieved_gflops_s"),
             "utilisation": r.get("utilisation"),
             "footprint_mb": r.get("footprint_mb"),
-            "status": "ok",
+            "status": r.get("status", "ok"),
         })
     return rows
 
@@ -75,6 +81,8 @@ def run_model(model: str, args, out_dir: str) -> tuple[list[dict], dict]:
         cmd.append(f"--variant={args.variant}")
     if args.compile_only:
         cmd.append("--compile_only")
+    if model in SWEEPABLE:
+        cmd += [f"--width_multipliers={args.width_multipliers}", f"--batch_sizes={args.batch_sizes}"]
     print(f"== {model}: {' '.join(os.path.basename(c) if c.endswith('.py') else c for c in cmd[1:])}", flush=True)
     proc = subprocess.run(cmd, cwd=os.path.dirname(HERE), capture_output=True, text=True, timeout=args.timeout)
     if proc.returncode != 0 or not os.path.isfile(out):
@@ -95,13 +103,22 @@ def parse_args(argv=None):
     p.add_argument("--compile_only", action="store_true", help="compile time, FLOPs and memory only")
     p.add_argument("--peak_flops", type=float, default=150e9,
                    help="declared peak FLOP/s of the device for utilisation (150e9: this 2-core CPU's fp32 matmul)")
+    p.add_argument("--width_multipliers", default="",
+                   help=f"scaling sweep over width multipliers (models {', '.join(SWEEPABLE)})")
+    p.add_argument("--batch_sizes", default="", help="scaling sweep over global batch sizes (the same models)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per model script")
     p.add_argument("--out", default=None, help="combined JSON path (default benchmarks/results/all_<variant>.json)")
     args = p.parse_args(argv)
+    if swept(args) and not any(m in SWEEPABLE for m in common.parse_csv(args.models)):
+        p.error(f"--width_multipliers/--batch_sizes apply to {', '.join(SWEEPABLE)} only")
     unknown = [m for m in common.parse_csv(args.models) if m not in SCRIPTS]
     if unknown:
         p.error(f"unknown model(s) {', '.join(unknown)}; valid: {', '.join(SCRIPTS)}")
     return args
+
+
+def swept(args) -> bool:
+    return bool(args.width_multipliers or args.batch_sizes)
 
 
 def main(argv=None) -> str:
@@ -111,7 +128,7 @@ def main(argv=None) -> str:
         for model in common.parse_csv(args.models):
             model_rows, details[model] = run_model(model, args, tmp)
             rows.extend(model_rows)
-    label = "quick" if args.quick else (args.variant or "paper")
+    label = ("quick" if args.quick else (args.variant or "paper")) + ("_sweep" if swept(args) else "")
     common.print_table(rows, COLUMNS, title=f"all models, {label} (peak {args.peak_flops:.3g} FLOP/s)")
     out = args.out or os.path.join(common.RESULTS_DIR, f"all_{label}.json")
     path = common.write_result(f"all_{label}", rows, vars(args), out=out, extra={"per_model": details})

@@ -81,6 +81,40 @@ def test_train_step_quick(tmp_path):
     assert payload["peak_flops"] == 150e9
 
 
+def test_train_step_quick_cxr_irgen_denoisers(tmp_path):
+    payload = _load(train_step.main(["--quick", "--models=cxr_irgen,cxr_irgen_unet",
+                                     "--out", str(tmp_path / "train_step.json")]))
+    rows = {r["model"]: r for r in payload["results"]}
+    assert set(rows) == {"cxr_irgen", "cxr_irgen_unet"}
+    for row in rows.values():
+        _positive(row, ["compile_s", "step_ms_median", "images_per_s", "gflops_per_step", "params_M"])
+        assert math.isfinite(row["final_loss"]) and row["views"] == 1
+    # the backbone switch took effect: two different denoisers were timed
+    assert rows["cxr_irgen"]["params_M"] != rows["cxr_irgen_unet"]["params_M"]
+
+
+def test_width_scaling_rounds_to_each_fields_quantum():
+    assert train_step._scaled(64, 0.5, 8) == 32 and train_step._scaled(12, 0.5, 8) == 8  # never below one quantum
+    assert train_step._scaled((64, 128), 1.5, 32) == (96, 192)
+    from xray_gen.configs.cxr_irgen import get_config
+
+    config = get_config("cpu")
+    changed = train_step.scale_widths("cxr_irgen", config, 0.5)
+    assert changed == {"cxr_irgen.uvit.width": 128} and config.cxr_irgen.uvit.width == 128  # the 'cpu' size's 256 / 2
+    changed = train_step.scale_widths("cxr_irgen_unet", config, 0.5)
+    assert config.cxr_irgen.unet.block_out_channels == (32, 64) == changed["cxr_irgen.unet.block_out_channels"]
+
+
+def test_train_step_scaling_sweep_quick(tmp_path):
+    payload = _load(train_step.main(["--quick", "--models=classifier", "--width_multipliers=1,2", "--batch_sizes=2,4",
+                                     "--out", str(tmp_path / "sweep.json")]))
+    rows = payload["results"]
+    assert [(r["width_multiplier"], r["batch"]) for r in rows] == [(1.0, 2), (1.0, 4), (2.0, 2), (2.0, 4)]
+    assert all(r["status"] == "ok" for r in rows)
+    assert rows[2]["params_M"] > rows[0]["params_M"] and rows[2]["gflops_per_step"] > rows[0]["gflops_per_step"]
+    assert rows[1]["gflops_per_step"] > rows[0]["gflops_per_step"]  # the batch reached the step
+
+
 def test_pipeline_throughput_quick(tmp_path):
     payload = _load(pipeline_throughput.main(["--quick", "--out", str(tmp_path / "pipeline.json")]))
     rows = payload["results"]

@@ -63,7 +63,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     x.prepared_dir = ""  # where the stages and the classifier live ('' : the workdir)
     x.classifier_variant = "cpu"
     x.classifier_steps = 2_000
-    x.uvit = ml_collections.ConfigDict(dict(size="mid", patch_size=2))
+    x.uvit = ml_collections.ConfigDict(dict(size="mid", patch_size=2, width=0))  # width 0: the size's
     x.unet = ml_collections.ConfigDict(dict(block_out_channels=(320, 640, 1280, 1280),
                                             cross_attn=(True, True, True, False), layers_per_block=2, num_heads=8,
                                             norm_num_groups=32))
@@ -125,7 +125,7 @@ def _cpu(c):
     x.prompt_len = 40
     x.report_len = 96
     x.classifier_steps = 600
-    x.uvit = ml_collections.ConfigDict(dict(size="cpu", patch_size=2))
+    x.uvit = ml_collections.ConfigDict(dict(size="cpu", patch_size=2, width=0))
     x.unet = ml_collections.ConfigDict(dict(block_out_channels=(64, 128), cross_attn=(True, True),
                                             layers_per_block=1, num_heads=4, norm_num_groups=32))
     # 3 levels: factor 4, 16x16x4 latents (factor 8 would leave 8x8 at 64 px). Narrow: convolutions
@@ -168,7 +168,7 @@ def _smoke(c):
     x.report_len = 48
     x.classifier_variant = "smoke"
     x.classifier_steps = 2
-    x.uvit = ml_collections.ConfigDict(dict(size="tiny", patch_size=2))
+    x.uvit = ml_collections.ConfigDict(dict(size="tiny", patch_size=2, width=0))
     x.unet = ml_collections.ConfigDict(dict(block_out_channels=(32, 32), cross_attn=(True, True), layers_per_block=1,
                                             num_heads=2, norm_num_groups=8))
     x.autoencoder = _stage(3, 8, 1e-3, block_out_channels=(8, 8, 8), layers_per_block=1, latent_channels=4,

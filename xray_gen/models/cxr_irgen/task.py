@@ -88,8 +88,9 @@ class CxrIRGenTask(loop.Task):
                 raise ValueError(f"latent side {side} is not a multiple of the U-Net's downsampling factor "
                                  f"{self.denoiser.config.downsampling_factor} (cxr_irgen.unet.block_out_channels)")
         else:
+            width = {"width": int(x.uvit.width)} if x.uvit.get("width") else {}  # 0: the named size's
             self.denoiser = UViT(uvit_config(x.uvit.size, sample_size=side, in_channels=ch, patch_size=x.uvit.patch_size,
-                                             context_dim=emb, num_context_tokens=1), **numerics)
+                                             context_dim=emb, num_context_tokens=1, **width), **numerics)
         self.schedule = diffusion.make_schedule(x.schedule, x.num_train_timesteps)
         self.tx = optax.chain(optax.clip_by_global_norm(x.grad_clip),
                               optax.adamw(x.learning_rate, weight_decay=x.weight_decay))
@@ -149,6 +150,16 @@ class CxrIRGenTask(loop.Task):
         """{"autoencoder", "clip", "language", "prior"}: params of the trained stages (loaded once)."""
         if self._frozen is None:
             self._frozen = {name: self._stage(name, False)[1] for name in stages.STAGES}
+        return self._frozen
+
+    def use_random_stages(self, rng) -> dict:
+        """Randomly initialised networks in place of the trained stages: for benchmarks of the
+        denoiser's step, whose cost does not depend on what the frozen networks learnt."""
+        c, tok = self.config, self.tokenizer
+        tasks = {"autoencoder": stages.AutoencoderTask, "clip": stages.ClipTask,
+                 "language": stages.TextAutoencoderTask, "prior": stages.PriorTask}
+        self._frozen = {name: tasks[name](c, tok).init_params(jax.random.fold_in(rng, i))
+                        for i, name in enumerate(stages.STAGES)}
         return self._frozen
 
     def references(self) -> ReferenceImages:
