@@ -2,7 +2,7 @@
 sub-directory by `CxrIRGenTask.prepare()` (in this order):
 
 1. `AutoencoderTask`  KL autoencoder: L1 (or L2) reconstruction + kl_weight * KL per pixel; after
-   training the latents' per-channel shift and scale are measured from data (`measure_latent_stats`).
+   training the latents' mean (the shift) and scale are measured from data (`measure_latent_stats`).
 2. `ClipTask`         CLIP dual encoder on (frontal image, label prompt) pairs with clip_loss;
    identical prompts in a batch count as matches.
 3. `TextAutoencoderTask`  language stage 1: BART encoder -> pooled text vector -> BART decoder
@@ -166,8 +166,9 @@ class AutoencoderTask(StageTask):
 
 
 def normalize_latents(z, scale, shift):
-    """Autoencoder latents -> the diffusion space: (z - shift) * scale, shift per channel (the
-    diffusers `shift_factor` convention; SD-1.x: shift 0, scale 0.18215)."""
+    """Autoencoder latents -> the diffusion space: (z - shift) * scale. `shift` broadcasts against one
+    latent: the measured mean latent (H, W, C) here, a per-channel (C,) or scalar one elsewhere (the
+    diffusers `shift_factor`; SD-1.x has none: shift 0, scale 0.18215)."""
     return (z - shift) * scale
 
 
@@ -186,16 +187,18 @@ def read_latent_stats(directory: str):
         stats = json.load(f)
     if "latent_shift" not in stats:
         return None
-    return {"latent_scale": float(stats["latent_scale"]), "latent_shift": [float(v) for v in stats["latent_shift"]]}
+    return {"latent_scale": float(stats["latent_scale"]), "latent_shift": np.asarray(stats["latent_shift"], np.float32)}
 
 
 def measure_latent_stats(config, ae_params, directory: str, num_images: int) -> dict:
-    """Per-channel mean (the shift) and 1 / std after the shift (the scale) of posterior samples of
-    up to `num_images` training images: the noise schedule assumes zero-mean, unit-variance data.
-    The shift matters: SD's schedule leaves a little signal at its last step (alpha_bar 0.0047), so a
-    denoiser trained on latents whose channel means are far from zero learns to read those means
-    from x_t and, started from pure noise, drifts to textures (SD's own latents are near zero-mean,
-    hence its scale alone, 0.18215). Written to `directory/latent_scale.json`, read back later."""
+    """The mean latent (H, W, C: the shift) and 1 / std about it (the scale) of posterior samples of
+    up to `num_images` training images, so the denoiser sees zero-mean, unit-variance latents.
+
+    Why the whole mean latent and not a scale alone (SD's 0.18215): SD's schedule keeps signal at its
+    last step (alpha_bar 0.0047). Chest X-rays share their layout, so the mean latent is large, and
+    through that leak a denoiser learns to find it in x_T; started from pure noise, which lacks it,
+    the samples drift to textures (seen here with scale-only and with per-channel-centred latents).
+    Centred latents make pure noise the right start. Written to `directory/latent_scale.json`."""
     stats = read_latent_stats(directory)
     if stats is not None:
         return stats
@@ -210,19 +213,20 @@ def measure_latent_stats(config, ae_params, directory: str, num_images: int) -> 
     total, total_sq, count = 0.0, 0.0, 0
     for i, b in enumerate(loader):
         z = np.asarray(encode(ae_params, b["frontal"], jax.random.PRNGKey(i)), np.float64)
-        flat = z.reshape(-1, z.shape[-1])
-        total, total_sq, count = total + flat.sum(0), total_sq + np.square(flat).sum(0), count + len(flat)
-        if count >= n * z[0].size // z.shape[-1]:
+        total, total_sq, count = total + z.sum(0), total_sq + np.square(z).sum(0), count + len(z)
+        if count >= n:
             break
     shift = total / count
-    variance = np.maximum(total_sq / count - np.square(shift), 0.0)  # per channel, about its mean
+    variance = np.maximum(total_sq / count - np.square(shift), 0.0)  # per latent position, about its mean
     std = float(np.sqrt(max(float(variance.mean()), 1e-12)))
-    stats = {"latent_scale": 1.0 / std, "latent_shift": [float(v) for v in shift]}
+    stats = {"latent_scale": 1.0 / std, "latent_shift": shift.astype(np.float32)}
     with atomic_open(os.path.join(directory, LATENT_SCALE_FILE), "w") as f:
-        json.dump({**stats, "latent_std": std, "channel_std": [float(v) for v in np.sqrt(variance)],
-                   "num_latent_values": int(count * z.shape[-1])}, f, indent=2)
-    logging.info("CXR-IRGen: latent channel means %s, std after the shift %.4f over %d values -> scale %.5f",
-                 np.round(shift, 4).tolist(), std, count * z.shape[-1], stats["latent_scale"])
+        json.dump({"latent_scale": stats["latent_scale"], "latent_std": std,
+                   "channel_mean": shift.mean((0, 1)).tolist(),
+                   "channel_std": np.sqrt(variance.mean((0, 1))).tolist(), "num_images": int(count),
+                   "latent_shift": np.round(shift, 6).tolist()}, f)
+    logging.info("CXR-IRGen: latents of %d images: channel means %s, std about the mean latent %.4f -> scale %.5f",
+                 count, np.round(shift.mean((0, 1)), 4).tolist(), std, stats["latent_scale"])
     return stats
 
 

@@ -46,7 +46,7 @@ class CxrIRGenState:
     params: dict  # the denoiser's
     opt_state: optax.OptState
     latent_scale: jax.Array  # 1 / std of the autoencoder's latents (measured after its training)
-    latent_shift: jax.Array  # (C,) their per-channel mean, subtracted before the scale
+    latent_shift: jax.Array  # (H, W, C) their mean, subtracted before the scale
 
 
 class CxrIRGenTask(loop.Task):
@@ -94,7 +94,7 @@ class CxrIRGenTask(loop.Task):
         self.schedule = diffusion.make_schedule(x.schedule, x.num_train_timesteps)
         self.tx = optax.chain(optax.clip_by_global_norm(x.grad_clip),
                               optax.adamw(x.learning_rate, weight_decay=x.weight_decay))
-        self._latent_stats = {"latent_scale": 1.0, "latent_shift": [0.0] * ch}
+        self._latent_stats = {"latent_scale": 1.0, "latent_shift": np.zeros(self.latent_shape, np.float32)}
         self._frozen = None
         self._references = None
 
@@ -135,6 +135,10 @@ class CxrIRGenTask(loop.Task):
             ae = self._stage("autoencoder", False)[1]
             stats = stages.measure_latent_stats(self.config, ae, self.stage_dir("autoencoder"),
                                                 self.config.cxr_irgen.autoencoder.scale_images)
+        if np.shape(stats["latent_shift"]) != self.latent_shape:
+            raise ValueError(f"{self.stage_dir('autoencoder')}/{stages.LATENT_SCALE_FILE}: latent_shift has shape "
+                             f"{np.shape(stats['latent_shift'])}, the latents {self.latent_shape}; delete the file "
+                             "to measure it again (and retrain the prior and the denoiser on it)")
         return stats
 
     def prepare(self) -> None:
@@ -215,7 +219,7 @@ class CxrIRGenTask(loop.Task):
         return CxrIRGenState(step=jnp.zeros((), jnp.int32), rng=jax.random.fold_in(rng, 2), params=params,
                              opt_state=self.tx.init(params),
                              latent_scale=jnp.float32(self._latent_stats["latent_scale"]),
-                             latent_shift=jnp.asarray(self._latent_stats["latent_shift"], jnp.float32))
+                             latent_shift=jnp.asarray(self._latent_stats["latent_shift"], jnp.float32).reshape(self.latent_shape))
 
     def _clip_shapes(self):
         n, r = self.config.cxr_irgen.prompt_len, self.config.data.resolution
