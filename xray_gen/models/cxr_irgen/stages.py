@@ -313,3 +313,7 @@ class PriorTask(StageTask):
         t = CxrInputs(self.tokenizer, m.data.resolution, report_len=m.cxr_irgen.report_len,
                       sections=tuple(m.cxr_irgen.report_sections), uncertain_as=m.data.uncertain_as)
         return self._loader(IndexedSource(open_split(m.data, "train", views=("frontal",))), [t])
+
+
+# stage name -> its task class (the prior's also takes the frozen networks it leans on)
+STAGE_TASKS = {"autoencoder": AutoencoderTask, "clip": ClipTask, "language": TextAutoencoderTask, "prior": PriorTask}

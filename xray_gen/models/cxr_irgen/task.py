@@ -120,8 +120,7 @@ class CxrIRGenTask(loop.Task):
             text = self._stage("language", False)[1]
             task = stages.PriorTask(c, tok, ae, self.latent_stats(), text)
         else:
-            task = {"autoencoder": stages.AutoencoderTask, "clip": stages.ClipTask,
-                    "language": stages.TextAutoencoderTask}[name](c, tok)
+            task = stages.STAGE_TASKS[name](c, tok)
         if train:
             logging.info("CXR-IRGen: stage %s in %s", name, self.stage_dir(name))
             loop.train(task, task.config, self.stage_dir(name))
@@ -160,9 +159,7 @@ class CxrIRGenTask(loop.Task):
         """Randomly initialised networks in place of the trained stages: for benchmarks of the
         denoiser's step, whose cost does not depend on what the frozen networks learnt."""
         c, tok = self.config, self.tokenizer
-        tasks = {"autoencoder": stages.AutoencoderTask, "clip": stages.ClipTask,
-                 "language": stages.TextAutoencoderTask, "prior": stages.PriorTask}
-        self._frozen = {name: tasks[name](c, tok).init_params(jax.random.fold_in(rng, i))
+        self._frozen = {name: stages.STAGE_TASKS[name](c, tok).init_params(jax.random.fold_in(rng, i))
                         for i, name in enumerate(stages.STAGES)}
         return self._frozen
 
