@@ -39,6 +39,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xray_gen.nn.attention import multi_head_attention
+
 Dtype = Any
 
 
@@ -187,13 +189,13 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int,
                           mask: Optional[jax.Array] = None) -> jax.Array:
     """Projected q (B, T, N*H), k and v (B, S, N*H) -> (B, T, N*H), scale 1/sqrt(H).
 
-    `mask` is boolean, broadcastable to (B, N, T, S). Goes through `jax.nn.dot_product_attention`
-    (softmax in float32; fused kernels where the backend has them). A query whose keys are all
-    masked attends uniformly, as with diffusers' additive -10000 bias.
+    `mask` is boolean, broadcastable to (B, N, T, S). Softmax in float32; a query whose keys are
+    all masked attends uniformly, as with diffusers' additive -10000 bias. The kernel is
+    `xray_gen.nn.attention.multi_head_attention` (a backward pass XLA:CPU runs without copies).
     """
     head_dim = q.shape[-1] // heads
     split = lambda a: a.reshape(a.shape[:-1] + (heads, head_dim))
-    out = jax.nn.dot_product_attention(split(q), split(k), split(v), mask=mask)
+    out = multi_head_attention(split(q), split(k), split(v), mask)
     return out.reshape(q.shape)
 
 

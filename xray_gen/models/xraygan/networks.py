@@ -24,6 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xray_gen.nn.conv import im2col_conv_general_dilated
+
 Dtype = Any
 
 
@@ -78,7 +80,10 @@ class _Norm(nn.Module):
 
 
 def _conv(features, dtype, kernel=3, stride=1, name=None):
-    return nn.Conv(features, (kernel, kernel), strides=stride, padding="SAME", dtype=dtype, name=name)
+    # Strided convs as patches + matmul on CPU: the critic's gradient penalty differentiates them
+    # twice, which XLA:CPU otherwise runs on a slow generic path (xray_gen/nn/conv.py).
+    extra = {"conv_general_dilated": im2col_conv_general_dilated} if stride > 1 else {}
+    return nn.Conv(features, (kernel, kernel), strides=stride, padding="SAME", dtype=dtype, name=name, **extra)
 
 
 class _ResBlock(nn.Module):

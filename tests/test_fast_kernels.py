@@ -1,0 +1,112 @@
+"""The CPU-friendly kernels (xray_gen/nn/attention.py, xray_gen/nn/conv.py) compute what the
+library functions they replace compute, values and derivatives (second order for the strided
+convolution: a gradient penalty differentiates it twice)."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from xray_gen.nn.attention import multi_head_attention
+from xray_gen.nn.conv import im2col_conv, im2col_conv_general_dilated, uses_im2col
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _qkv(b=2, t=5, s=7, n=3, h=4, seed=0):
+    ks = jax.random.split(jax.random.PRNGKey(seed), 3)
+    return (jax.random.normal(ks[0], (b, t, n, h)), jax.random.normal(ks[1], (b, s, n, h)),
+            jax.random.normal(ks[2], (b, s, n, h)))
+
+
+def _reference_attention(q, k, v, mask=None):
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+
+
+@pytest.mark.parametrize("masked", ["none", "keys", "all_masked_row"])
+def test_attention_matches_jax_values_and_gradients(masked):
+    q, k, v = _qkv()
+    mask = None
+    if masked != "none":
+        m = np.ones((2, 1, 5, 7), bool)
+        m[0, :, :, 4:] = False  # padded keys of the first sequence
+        if masked == "all_masked_row":
+            m[1, :, 2, :] = False  # one query sees no key: uniform attention, no NaN
+        mask = jnp.asarray(m)
+    np.testing.assert_allclose(multi_head_attention(q, k, v, mask), _reference_attention(q, k, v, mask),
+                               rtol=1e-5, atol=1e-5)
+    cot = jax.random.normal(jax.random.PRNGKey(9), q.shape[:2] + v.shape[2:])
+    loss = lambda f: (lambda q, k, v: jnp.sum(f(q, k, v, mask) * cot))
+    ours = jax.grad(loss(multi_head_attention), argnums=(0, 1, 2))(q, k, v)
+    ref = jax.grad(loss(_reference_attention), argnums=(0, 1, 2))(q, k, v)
+    for name, a, b in zip("qkv", ours, ref):
+        assert np.isfinite(np.asarray(a)).all(), name
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=f"d{name}")
+
+
+def test_attention_gradient_matches_finite_differences():
+    q, k, v = _qkv(b=1, t=3, s=4, n=2, h=2, seed=3)
+    f = lambda q: jnp.sum(jnp.sin(multi_head_attention(q, k, v)))
+    g = jax.grad(f)(q)
+    d = jax.random.normal(jax.random.PRNGKey(4), q.shape)
+    eps = 1e-3
+    fd = (f(q + eps * d) - f(q - eps * d)) / (2 * eps)
+    np.testing.assert_allclose(jnp.vdot(g, d), fd, rtol=2e-3)
+
+
+def test_attention_rejects_mismatched_shapes():
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match="attention needs"):
+        multi_head_attention(q, k, v[:, :3])
+    with pytest.raises(ValueError):
+        multi_head_attention(q, k, v, jnp.ones((2, 1, 5, 6), bool))
+
+
+@pytest.mark.parametrize("hw,kernel,stride,padding", [
+    (8, 3, 2, "SAME"), (9, 3, 2, "SAME"), (8, 4, 2, ((1, 1), (1, 1))), (7, 1, 2, "VALID"), (8, 3, 3, "VALID"),
+])
+def test_im2col_conv_matches_lax(hw, kernel, stride, padding):
+    kx, kw = jax.random.split(jax.random.PRNGKey(0))
+    x = jax.random.normal(kx, (2, hw, hw, 3))
+    w = jax.random.normal(kw, (kernel, kernel, 3, 5))
+    ref = lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=DN)
+    np.testing.assert_allclose(im2col_conv(x, w, (stride, stride), padding), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_im2col_conv_second_order_gradients_match_lax():
+    """A WGAN-GP critic's loss: the kernel gradient of the squared input-gradient norm."""
+    kx, kw = jax.random.split(jax.random.PRNGKey(1))
+    x = jax.random.normal(kx, (2, 8, 8, 3))
+    w = 0.3 * jax.random.normal(kw, (3, 3, 3, 4))
+
+    def penalty(conv):
+        def f(w):
+            gx = jax.grad(lambda x: jnp.sum(jnp.tanh(conv(x, w))))(x)
+            return jnp.sum(gx ** 2)
+        return f
+
+    ours = jax.grad(penalty(lambda x, w: im2col_conv(x, w, (2, 2), "SAME")))(w)
+    ref = jax.grad(penalty(lambda x, w: lax.conv_general_dilated(x, w, (2, 2), "SAME", dimension_numbers=DN)))(w)
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_im2col_dispatch_only_for_strided_nhwc_convs_on_cpu():
+    dn = lax.conv_dimension_numbers((1, 8, 8, 3), (3, 3, 3, 4), DN)
+    assert uses_im2col((1, 8, 8, 3), (3, 3, 3, 4), (2, 2), dimension_numbers=dn, backend="cpu")
+    assert not uses_im2col((1, 8, 8, 3), (3, 3, 3, 4), (1, 1), dimension_numbers=dn, backend="cpu")
+    assert not uses_im2col((1, 8, 8, 3), (3, 3, 3, 4), (2, 2), dimension_numbers=dn, backend="gpu")
+    assert not uses_im2col((1, 8, 8, 3), (3, 3, 3, 4), (2, 2), rhs_dilation=(2, 2), dimension_numbers=dn,
+                           backend="cpu")
+    assert not uses_im2col((1, 8, 8, 3), (3, 3, 1, 4), (2, 2), feature_group_count=3, dimension_numbers=
+                           lax.conv_dimension_numbers((1, 8, 8, 3), (3, 3, 1, 4), DN), backend="cpu")
+    nchw = lax.conv_dimension_numbers((1, 3, 8, 8), (4, 3, 3, 3), ("NCHW", "OIHW", "NCHW"))
+    assert not uses_im2col((1, 3, 8, 8), (4, 3, 3, 3), (2, 2), dimension_numbers=nchw, backend="cpu")
+
+
+def test_flax_conv_with_im2col_equals_default_conv():
+    x = jax.random.normal(jax.random.PRNGKey(2), (2, 16, 16, 4))
+    plain = nn.Conv(6, (3, 3), strides=2, padding="SAME")
+    fast = nn.Conv(6, (3, 3), strides=2, padding="SAME", conv_general_dilated=im2col_conv_general_dilated)
+    params = plain.init(jax.random.PRNGKey(3), x)
+    np.testing.assert_allclose(fast.apply(params, x), plain.apply(params, x), rtol=1e-5, atol=1e-5)
