@@ -55,10 +55,24 @@ def test_attention_gradient_matches_finite_differences():
     np.testing.assert_allclose(jnp.vdot(g, d), fd, rtol=2e-3)
 
 
+def test_attention_value_width_and_scale_as_sagan():
+    """EMIXER's non-local block: values wider than keys, unscaled logits."""
+    q, k, _ = _qkv(n=1)
+    v = jax.random.normal(jax.random.PRNGKey(5), (2, 7, 1, 6))
+    ref = jnp.einsum("bqk,bkc->bqc", jax.nn.softmax(jnp.einsum("bqc,bkc->bqk", q[:, :, 0], k[:, :, 0]), -1), v[:, :, 0])
+    np.testing.assert_allclose(multi_head_attention(q, k, v, scale=1.0)[:, :, 0], ref, rtol=1e-5, atol=1e-5)
+    g = jax.grad(lambda v: jnp.sum(multi_head_attention(q, k, v, scale=1.0) ** 2))(v)
+    g_ref = jax.grad(lambda v: jnp.sum(jnp.einsum("bqk,bkc->bqc", jax.nn.softmax(
+        jnp.einsum("bqc,bkc->bqk", q[:, :, 0], k[:, :, 0]), -1), v[:, :, 0]) ** 2))(v)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-5)
+
+
 def test_attention_rejects_mismatched_shapes():
     q, k, v = _qkv()
     with pytest.raises(ValueError, match="attention needs"):
         multi_head_attention(q, k, v[:, :3])
+    with pytest.raises(ValueError, match="attention needs"):
+        multi_head_attention(q, k[..., :2], v)
     with pytest.raises(ValueError):
         multi_head_attention(q, k, v, jnp.ones((2, 1, 5, 6), bool))
 
@@ -110,3 +124,14 @@ def test_flax_conv_with_im2col_equals_default_conv():
     fast = nn.Conv(6, (3, 3), strides=2, padding="SAME", conv_general_dilated=im2col_conv_general_dilated)
     params = plain.init(jax.random.PRNGKey(3), x)
     np.testing.assert_allclose(fast.apply(params, x), plain.apply(params, x), rtol=1e-5, atol=1e-5)
+
+
+def test_xla_cpu_defaults_respect_user_flags():
+    from xray_gen.xla_flags import YNN_FLAG, cpu_defaults
+
+    assert cpu_defaults("", "0.10.2") == YNN_FLAG
+    assert cpu_defaults("--xla_force_host_platform_device_count=4", "0.10.2").split() == [
+        "--xla_force_host_platform_device_count=4", YNN_FLAG]
+    mine = "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
+    assert cpu_defaults(mine, "0.10.2") == mine  # the user's own setting wins
+    assert cpu_defaults("", "0.11.0") == ""  # unknown jaxlib: no flag that could abort XLA

@@ -12,6 +12,7 @@ uniformly.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Optional
 
 import jax
@@ -24,9 +25,8 @@ def _heads_first(a: jax.Array) -> jax.Array:  # (B, L, N, H) -> (B, N, L, H)
     return jnp.swapaxes(a, 1, 2)
 
 
-def _forward(q, k, v, mask):
+def _forward(q, k, v, mask, scale):
     qh, kh, vh = _heads_first(q), _heads_first(k), _heads_first(v)
-    scale = q.shape[-1] ** -0.5
     logits = jnp.einsum("bnth,bnsh->bnts", qh, kh, preferred_element_type=jnp.float32) * scale
     if mask is not None:
         logits = jnp.where(mask, logits, MASKED_LOGIT)
@@ -35,19 +35,18 @@ def _forward(q, k, v, mask):
     return out, (qh, kh, vh, probs, out)
 
 
-@jax.custom_vjp
-def _attention(q, k, v, mask):
-    return _heads_first(_forward(q, k, v, mask)[0])
+@partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _attention(q, k, v, mask, scale):
+    return _heads_first(_forward(q, k, v, mask, scale)[0])
 
 
-def _attention_fwd(q, k, v, mask):
-    out, res = _forward(q, k, v, mask)
+def _attention_fwd(q, k, v, mask, scale):
+    out, res = _forward(q, k, v, mask, scale)
     return _heads_first(out), res + (mask,)
 
 
-def _attention_bwd(res, d_out):
+def _attention_bwd(scale, res, d_out):
     qh, kh, vh, probs, out, mask = res
-    scale = qh.shape[-1] ** -0.5
     do = _heads_first(d_out)
     p = probs.astype(vh.dtype)
     dv_t = jnp.einsum("bnth,bnts->bnhs", do, p)  # (H, T) x (T, S): P read as stored
@@ -66,15 +65,19 @@ def _attention_bwd(res, d_out):
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-def multi_head_attention(q: jax.Array, k: jax.Array, v: jax.Array,
-                         mask: Optional[jax.Array] = None) -> jax.Array:
-    """q (B, T, N, H), k and v (B, S, N, H) -> (B, T, N, H), scale 1/sqrt(H).
+def multi_head_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[jax.Array] = None,
+                         scale: Optional[float] = None) -> jax.Array:
+    """q (B, T, N, H), k (B, S, N, H), v (B, S, N, Hv) -> (B, T, N, Hv); logits scaled by `scale`
+    (default 1/sqrt(H); SAGAN's non-local block uses 1).
 
     `mask` is boolean, broadcastable to (B, N, T, S): False removes a key for that query.
     """
-    if q.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
-        raise ValueError(f"attention needs q (B, T, N, H) and k, v (B, S, N, H); got {q.shape}, {k.shape}, {v.shape}")
+    if (q.ndim != 4 or k.ndim != 4 or v.ndim != 4 or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]
+            or k.shape[:3] != v.shape[:3]):
+        raise ValueError("attention needs q (B, T, N, H), k (B, S, N, H) and v (B, S, N, Hv); "
+                         f"got {q.shape}, {k.shape}, {v.shape}")
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if mask is not None:
         mask = jnp.asarray(mask, bool)
         jnp.broadcast_shapes(mask.shape, (q.shape[0], q.shape[2], q.shape[1], k.shape[1]))  # clear error early
-    return _attention(q, k, v, mask)
+    return _attention(q, k, v, mask, scale)

@@ -27,6 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xray_gen.nn.attention import multi_head_attention
+
 SPECTRAL_STATS = "spectral_stats"
 NUM_ROTATIONS = 4
 
@@ -169,8 +171,9 @@ class SelfAttention(nn.Module):
         phi = pool(conv(ck, "phi")(x, train))
         g = pool(conv(cv, "g")(x, train))
         phi, g = phi.reshape(b, -1, ck), g.reshape(b, -1, cv)
-        attn = jax.nn.softmax(jnp.einsum("bqc,bkc->bqk", theta, phi), axis=-1)
-        o = conv(c, "o")(jnp.einsum("bqk,bkc->bqc", attn, g).reshape(b, h, w, cv), train)
+        one_head = lambda t: t[:, :, None, :]  # unscaled logits, as SAGAN
+        y = multi_head_attention(one_head(theta), one_head(phi), one_head(g), scale=1.0)[:, :, 0]
+        o = conv(c, "o")(y.reshape(b, h, w, cv), train)
         gamma = self.param("gamma", nn.initializers.zeros, ())
         return x + gamma * o
 
