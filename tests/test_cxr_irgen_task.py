@@ -228,3 +228,62 @@ def test_bfloat16_compute_keeps_float32_parameters_and_output(run, backbone):
     assert 0 < rel < 0.05  # bf16 rounding (8-bit mantissa) changes the output, but only slightly
     with pytest.raises(ValueError, match="cxr_irgen.compute_dtype"):
         _task(run, {"compute_dtype": "float16"})
+
+
+def _tree_close(a, b):
+    la, lb = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
+    assert [p for p, _ in la] == [p for p, _ in lb]
+    for (p, x), (_, y) in zip(la, lb):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7, err_msg=str(p))
+
+
+def test_pretrained_diffusers_autoencoder_and_unet_plug_into_the_pipeline(run, tmp_path):
+    """An RGB diffusers VAE and a diffusers U-Net from disk (as an SD-1.x pipeline's vae/ and unet/):
+    the VAE replaces the trained autoencoder (grey in, grey out), the U-Net is the denoiser's start,
+    latents use the VAE's own scaling_factor."""
+    from xray_gen.models.cxr_irgen import weights
+    from xray_gen.models.cxr_irgen.task import CxrIRGenTask
+    from xray_gen.nn.autoencoder_kl import AutoencoderKL, VAEConfig
+    from xray_gen.nn.unet2d import UNet2DConditionModel, UNetConfig
+
+    base = configs.get_config("smoke")
+    r = base.data.resolution
+    vcfg = VAEConfig(in_channels=3, out_channels=3, block_out_channels=(8, 8, 8), layers_per_block=1,
+                     latent_channels=4, norm_num_groups=8, scaling_factor=0.5)
+    vae_params = AutoencoderKL(vcfg).init(jax.random.PRNGKey(1), jnp.zeros((1, r, r, 3)))["params"]
+    ucfg = UNetConfig(in_channels=4, out_channels=4, block_out_channels=(16, 16), cross_attn=(True, True),
+                      layers_per_block=1, num_heads=2, cross_attention_dim=base.cxr_irgen.clip.width, norm_num_groups=8)
+    side = r // vcfg.downsampling_factor
+    unet_params = UNet2DConditionModel(ucfg).init(jax.random.PRNGKey(2), jnp.zeros((1, side, side, 4)), jnp.zeros((1,)),
+                                                  jnp.zeros((1, 3, ucfg.cross_attention_dim)))["params"]
+    vae_dir = weights.save_diffusers(tmp_path / "vae", vae_params, vcfg)
+    unet_dir = weights.save_diffusers(tmp_path / "unet", unet_params, ucfg)
+    _tree_close(weights.load_diffusers_vae(vae_dir), vae_params)  # export -> import is the identity
+
+    config = configs.get_config("smoke")
+    config.cxr_irgen.prepared_dir = run["workdir"]
+    config.cxr_irgen.backbone = "unet"
+    config.cxr_irgen.autoencoder.pretrained = vae_dir
+    config.cxr_irgen.unet.pretrained = unet_dir
+    task = CxrIRGenTask(config, str(tmp_path / "work"))
+    assert task.denoiser.config.block_out_channels == (16, 16)  # the folder's architecture, not the config's
+    ae_task, ae = task._stage("autoencoder", train=True)
+    assert ae_task is None  # loaded, never trained
+    _tree_close(ae, vae_params)
+    stats = task.latent_stats()
+    assert stats["latent_scale"] == 0.5 and not np.any(stats["latent_shift"])
+    task._latent_stats = stats  # what prepare() does before the loop's init
+    state = task.warm_start(task.init(jax.random.PRNGKey(0)))
+    _tree_close(state.params, unet_params)
+    images = np.random.default_rng(0).integers(0, 256, (2, r, r, 1), dtype=np.uint8)
+    z = task.encode_latents(ae, images, None, state)
+    assert z.shape == (2,) + task.latent_shape
+    rgb = AutoencoderKL(vcfg).apply({"params": vae_params}, jnp.repeat(jnp.asarray(images, jnp.float32) / 127.5 - 1, 3, -1),
+                                    method=AutoencoderKL(vcfg).encode)
+    np.testing.assert_allclose(z, rgb.mode() * 0.5, rtol=1e-5, atol=1e-5)
+    assert task.decode_latents(ae, z, state).shape == (2, r, r, 1)
+
+    config.cxr_irgen.unet.pretrained = str(weights.save_diffusers(
+        tmp_path / "unet_wide_context", unet_params, UNetConfig(**{**ucfg.__dict__, "cross_attention_dim": 768})))
+    with pytest.raises(ValueError, match="cross_attention_dim is 768"):
+        CxrIRGenTask(config, str(tmp_path / "work2"))

@@ -151,3 +151,35 @@ def test_bf16_import_and_compute(tmp_path):
     f32, bf16 = run(jnp.float32), run(jnp.bfloat16)
     assert bf16.dtype == jnp.float32
     assert _rel_err(bf16, f32) < 5e-2
+
+
+def test_exported_folders_load_in_diffusers_and_match(tmp_path):
+    """`weights.save_diffusers` writes what diffusers' from_pretrained reads, to the same outputs."""
+    ours = {}
+    for name in ("unet", "vae"):
+        src = tmp_path / f"src_{name}"
+        if name == "unet":
+            torch.manual_seed(0)
+            _perturb(diffusers.UNet2DConditionModel(
+                sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64), norm_num_groups=8,
+                cross_attention_dim=32, **UNET_VARIANTS["sd1"]), 1).save_pretrained(src, safe_serialization=True)
+            cfg, params = weights.unet_config_from_diffusers(src), weights.load_diffusers_unet(src)
+        else:
+            _tiny_vae(src)
+            cfg, params = weights.vae_config_from_diffusers(src), weights.load_diffusers_vae(src)
+        ours[name] = (cfg, params, weights.save_diffusers(tmp_path / f"out_{name}", params, cfg))
+    rng = np.random.default_rng(2)
+    cfg, params, folder = ours["unet"]
+    ref = diffusers.UNet2DConditionModel.from_pretrained(folder).eval()
+    x, t, ctx = (rng.standard_normal((2, 16, 16, 4)).astype(np.float32), np.array([5, 700], np.int64),
+                 rng.standard_normal((2, 5, 32)).astype(np.float32))
+    with torch.no_grad():
+        want = _nhwc(ref(_nchw(x), torch.from_numpy(t), torch.from_numpy(ctx)).sample)
+    assert _rel_err(UNet2DConditionModel(cfg).apply({"params": params}, x, t, ctx), want) < RTOL
+    cfg, params, folder = ours["vae"]
+    ref = diffusers.AutoencoderKL.from_pretrained(folder).eval()
+    z = rng.standard_normal((2, 8, 8, 4)).astype(np.float32)
+    with torch.no_grad():
+        want = _nhwc(ref.decode(_nchw(z)).sample)
+    model = AutoencoderKL(cfg)
+    assert _rel_err(model.apply({"params": params}, z, method=model.decode), want) < RTOL

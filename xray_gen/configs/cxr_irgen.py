@@ -66,10 +66,17 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     x.uvit = ml_collections.ConfigDict(dict(size="mid", patch_size=2, width=0))  # width 0: the size's
     x.unet = ml_collections.ConfigDict(dict(block_out_channels=(320, 640, 1280, 1280),
                                             cross_attn=(True, True, True, False), layers_per_block=2, num_heads=8,
-                                            norm_num_groups=32))
+                                            norm_num_groups=32, pretrained=""))
+    # Pretrained weights: `unet.pretrained` / `autoencoder.pretrained` name diffusers folders (e.g.
+    # an SD-1.x pipeline's unet/ and vae/, safetensors + config.json; their config replaces the sizes
+    # here). A pretrained autoencoder is loaded instead of trained (grey images fill its 3 channels);
+    # a pretrained U-Net is the denoiser's starting point (its cross_attention_dim must equal
+    # clip.width). With both, latents use the VAE's scaling_factor (SD: 0.18215, no shift); with a
+    # denoiser trained here they are measured and centred.
     # Stages (each trained in its own sub-directory; sizes are from scratch here).
     x.autoencoder = _stage(50_000, 16, 4.5e-6, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-                           latent_channels=4, norm_num_groups=32, loss="l1", kl_weight=1e-6, scale_images=1_000)
+                           latent_channels=4, norm_num_groups=32, loss="l1", kl_weight=1e-6, scale_images=1_000,
+                           pretrained="")
     x.clip = _stage(20_000, 64, 1e-4, width=512, layers=12, heads=8, patch_size=32, projection_dim=512)
     x.language = _stage(20_000, 32, 5e-5, size="bart-base", pooling="mean", dropout=0.1)
     x.prior = _stage(20_000, 32, 5e-5, size="base", patch_size=2, loss="mse+cosine", cosine_weight=0.01)
@@ -127,11 +134,11 @@ def _cpu(c):
     x.classifier_steps = 600
     x.uvit = ml_collections.ConfigDict(dict(size="cpu", patch_size=2, width=0))
     x.unet = ml_collections.ConfigDict(dict(block_out_channels=(64, 128), cross_attn=(True, True),
-                                            layers_per_block=1, num_heads=4, norm_num_groups=32))
+                                            layers_per_block=1, num_heads=4, norm_num_groups=32, pretrained=""))
     # 3 levels: factor 4, 16x16x4 latents (factor 8 would leave 8x8 at 64 px). Narrow: convolutions
     # at 64 px dominate a CPU step (widths 32/64/64 cost ~4x as much per step).
     x.autoencoder = _stage(800, 16, 1e-3, block_out_channels=(16, 32, 32), layers_per_block=1, latent_channels=4,
-                           norm_num_groups=16, loss="l1", kl_weight=1e-6, scale_images=512)
+                           norm_num_groups=16, loss="l1", kl_weight=1e-6, scale_images=512, pretrained="")
     x.clip = _stage(400, 64, 5e-4, width=64, layers=2, heads=4, patch_size=8, projection_dim=64)
     x.language = _stage(1_000, 32, 1e-3, size="tiny", pooling="mean", dropout=0.1)
     x.prior = _stage(500, 32, 5e-4, size="tiny", patch_size=2, loss="mse+cosine", cosine_weight=0.01)
@@ -173,9 +180,9 @@ def _smoke(c):
     x.classifier_steps = 2
     x.uvit = ml_collections.ConfigDict(dict(size="tiny", patch_size=2, width=0))
     x.unet = ml_collections.ConfigDict(dict(block_out_channels=(32, 32), cross_attn=(True, True), layers_per_block=1,
-                                            num_heads=2, norm_num_groups=8))
+                                            num_heads=2, norm_num_groups=8, pretrained=""))
     x.autoencoder = _stage(3, 8, 1e-3, block_out_channels=(8, 8, 8), layers_per_block=1, latent_channels=4,
-                           norm_num_groups=8, loss="l1", kl_weight=1e-6, scale_images=16)
+                           norm_num_groups=8, loss="l1", kl_weight=1e-6, scale_images=16, pretrained="")
     x.clip = _stage(2, 8, 1e-3, width=32, layers=1, heads=2, patch_size=8, projection_dim=32)
     x.language = _stage(2, 8, 1e-3, size="tiny", pooling="mean", dropout=0.1)
     x.prior = _stage(2, 8, 1e-3, size="tiny", patch_size=2, loss="mse+cosine", cosine_weight=0.01)

@@ -63,6 +63,11 @@ class Task(abc.ABC):
     def prepare(self) -> None:
         """Host-side work before a fresh start only (e.g. statistics of the training labels)."""
 
+    def warm_start(self, state):
+        """A fresh start's state after `init`: e.g. pretrained weights read from disk here, on the
+        host, rather than baked into the jitted init as constants. Not called on resume."""
+        return state
+
     # ---- training phases (e.g. XRayGAN's resolution stages); one phase unless overridden -------
     def phase(self, step: int) -> int:
         """The phase that step `step + 1` trains in; a pure function of the step (so resumable)."""
@@ -196,6 +201,7 @@ def train(task: Task, config, workdir: str):
     else:
         task.prepare()
         state = jax.jit(task.init, out_shardings=state_sh)(rng)
+        state = jax.device_put(task.warm_start(state), state_sh)
         writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
     step = int(jax.device_get(state.step))
     phase = task.phase(step)

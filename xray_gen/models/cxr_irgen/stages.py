@@ -31,7 +31,7 @@ from absl import logging
 from xray_gen.data import augment as aug
 from xray_gen.data.pipeline import ToModelInputs, make_loader, open_split
 from xray_gen.files import atomic_open
-from xray_gen.models.cxr_irgen import language
+from xray_gen.models.cxr_irgen import language, weights
 from xray_gen.models.cxr_irgen.inputs import CxrInputs, IndexedSource, ReportSource, label_groups
 from xray_gen.nn import clip as clip_nn
 from xray_gen.nn.autoencoder_kl import AutoencoderKL, VAEConfig
@@ -63,10 +63,34 @@ def stage_config(config, stage: str) -> ml_collections.ConfigDict:
 
 
 # ---- network builders (shared with the main task, sampling and evaluation) ----------------------
+def pretrained_vae(config) -> str:
+    """The diffusers VAE folder named by `cxr_irgen.autoencoder.pretrained` ('' : train one here)."""
+    return config.cxr_irgen.autoencoder.get("pretrained", "") or ""
+
+
 def vae_config(config) -> VAEConfig:
     a = config.cxr_irgen.autoencoder
+    if pretrained_vae(config):
+        return weights.vae_config_from_diffusers(pretrained_vae(config))
     return VAEConfig(in_channels=1, block_out_channels=tuple(a.block_out_channels), layers_per_block=a.layers_per_block,
                      latent_channels=a.latent_channels, norm_num_groups=a.norm_num_groups)
+
+
+def vae_encode(net: AutoencoderKL, params, images):
+    """Images in [-1, 1] (B, H, W, 1) -> the posterior. An RGB autoencoder (SD weights) sees the
+    grey image in all three channels."""
+    want = net.config.in_channels
+    if images.shape[-1] != want:
+        if images.shape[-1] != 1:
+            raise ValueError(f"the autoencoder takes {want} channels, the images have {images.shape[-1]}")
+        images = jnp.repeat(images, want, axis=-1)
+    return net.apply({"params": params}, images, method=net.encode)
+
+
+def vae_decode(net: AutoencoderKL, params, z):
+    """Latents -> images (B, H, W, 1): an RGB decoder's channels are averaged to grey."""
+    x = net.apply({"params": params}, z, method=net.decode)
+    return jnp.mean(x, axis=-1, keepdims=True) if x.shape[-1] != 1 else x
 
 
 def latent_side(config) -> int:
@@ -100,7 +124,7 @@ def prior_model(config, vocab_size: int) -> language.LatentPrior:
     side = latent_side(config)
     out_dim = report_model(config, vocab_size).config.d_model
     patch = p.patch_size if side % p.patch_size == 0 else 1
-    cfg = language.prior_config(p.size, "latents", input_size=side, in_channels=config.cxr_irgen.autoencoder.latent_channels,
+    cfg = language.prior_config(p.size, "latents", input_size=side, in_channels=vae_config(config).latent_channels,
                                 patch_size=patch, out_dim=out_dim)
     return language.LatentPrior(cfg)
 
@@ -209,7 +233,7 @@ def measure_latent_stats(config, ae_params, directory: str, num_images: int) -> 
     batch = min(n, 64)
     loader = make_loader(source, [ToModelInputs.from_data_config(d, views=("frontal",))], batch, seed=config.seed,
                          shuffle=True, num_epochs=1, drop_remainder=False)
-    encode = jax.jit(lambda p, x, k: net.apply({"params": p}, aug.to_float(x), method=net.encode).sample(k))
+    encode = jax.jit(lambda p, x, k: vae_encode(net, p, aug.to_float(x)).sample(k))
     total, total_sq, count = 0.0, 0.0, 0
     for i, b in enumerate(loader):
         z = np.asarray(encode(ae_params, b["frontal"], jax.random.PRNGKey(i)), np.float64)
@@ -220,6 +244,7 @@ def measure_latent_stats(config, ae_params, directory: str, num_images: int) -> 
     variance = np.maximum(total_sq / count - np.square(shift), 0.0)  # per latent position, about its mean
     std = float(np.sqrt(max(float(variance.mean()), 1e-12)))
     stats = {"latent_scale": 1.0 / std, "latent_shift": shift.astype(np.float32)}
+    os.makedirs(directory, exist_ok=True)
     with atomic_open(os.path.join(directory, LATENT_SCALE_FILE), "w") as f:
         json.dump({"latent_scale": stats["latent_scale"], "latent_std": std,
                    "channel_mean": shift.mean((0, 1)).tolist(),
@@ -295,12 +320,12 @@ class PriorTask(StageTask):
             raise ValueError(f"cxr_irgen.prior.loss={self.s.loss!r} is not one of {language.PRIOR_LOSSES}")
 
     def init_params(self, rng):
-        side, ch = latent_side(self.main), self.main.cxr_irgen.autoencoder.latent_channels
+        side, ch = latent_side(self.main), vae_config(self.main).latent_channels
         return self.net.init(rng, jnp.zeros((1, side, side, ch)))["params"]
 
     def loss(self, params, batch, rng):
         k_z, k_drop = jax.random.split(rng)
-        posterior = self.vae.apply({"params": self.ae_params}, aug.to_float(batch["frontal"]), method=self.vae.encode)
+        posterior = vae_encode(self.vae, self.ae_params, aug.to_float(batch["frontal"]))
         latents = normalize_latents(posterior.sample(k_z), self.latent_scale, self.latent_shift)
         target = self.text.apply({"params": self.text_params}, batch["report_ids"], batch["report_mask"],
                                  method=self.text.encode_report)

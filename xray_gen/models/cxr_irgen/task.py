@@ -27,7 +27,7 @@ from absl import logging
 
 from xray_gen.data import augment as aug
 from xray_gen.data.pipeline import make_loader, open_split, workdir_tokenizer
-from xray_gen.models.cxr_irgen import diffusion, stages
+from xray_gen.models.cxr_irgen import diffusion, stages, weights
 from xray_gen.models.cxr_irgen.conditioning import ReferenceIndex
 from xray_gen.models.cxr_irgen.inputs import CxrInputs, IndexedSource, ReferenceImages, training_labels
 from xray_gen.nn.autoencoder_kl import AutoencoderKL
@@ -65,7 +65,7 @@ class CxrIRGenTask(loop.Task):
         self.clip = stages.clip_model(config, vocab)
         self.text_model = stages.report_model(config, vocab)
         self.prior = stages.prior_model(config, vocab)
-        side, ch = stages.latent_side(config), x.autoencoder.latent_channels
+        side, ch = stages.latent_side(config), stages.vae_config(config).latent_channels
         self.latent_shape = (side, side, ch)
         width = self.clip.text.width
         emb = self.clip.text.projection_dim
@@ -80,14 +80,29 @@ class CxrIRGenTask(loop.Task):
                 raise ValueError(f"cxr_irgen.clip.projection_dim={emb} must equal cxr_irgen.clip.width={width} for the "
                                  "U-Net: the reference embedding is one more token among the text token states")
             u = x.unet
-            self.denoiser = UNet2DConditionModel(UNetConfig(
-                in_channels=ch, out_channels=ch, block_out_channels=tuple(u.block_out_channels),
-                cross_attn=tuple(u.cross_attn), layers_per_block=u.layers_per_block, num_heads=u.num_heads,
-                cross_attention_dim=width, norm_num_groups=u.norm_num_groups), **numerics)
+            if self.pretrained_unet():
+                ucfg = weights.unet_config_from_diffusers(self.pretrained_unet())
+                got = {"in_channels": ucfg.in_channels, "out_channels": ucfg.out_channels,
+                       "cross_attention_dim": ucfg.cross_attention_dim}
+                need = {"in_channels": ch, "out_channels": ch, "cross_attention_dim": width}
+                for field in got:
+                    if got[field] != need[field]:
+                        raise ValueError(
+                            f"cxr_irgen.unet.pretrained={self.pretrained_unet()}: its {field} is {got[field]}, this "
+                            f"pipeline needs {need[field]} (latent channels of the autoencoder; "
+                            "cross_attention_dim = cxr_irgen.clip.width)")
+            else:
+                ucfg = UNetConfig(in_channels=ch, out_channels=ch, block_out_channels=tuple(u.block_out_channels),
+                                  cross_attn=tuple(u.cross_attn), layers_per_block=u.layers_per_block,
+                                  num_heads=u.num_heads, cross_attention_dim=width, norm_num_groups=u.norm_num_groups)
+            self.denoiser = UNet2DConditionModel(ucfg, **numerics)
             if side % self.denoiser.config.downsampling_factor:
                 raise ValueError(f"latent side {side} is not a multiple of the U-Net's downsampling factor "
                                  f"{self.denoiser.config.downsampling_factor} (cxr_irgen.unet.block_out_channels)")
         else:
+            if self.pretrained_unet():
+                raise ValueError("cxr_irgen.unet.pretrained is set but cxr_irgen.backbone is 'uvit': "
+                                 "use --config.cxr_irgen.backbone=unet (or a unet variant)")
             width = {"width": int(x.uvit.width)} if x.uvit.get("width") else {}  # 0: the named size's
             self.denoiser = UViT(uvit_config(x.uvit.size, sample_size=side, in_channels=ch, patch_size=x.uvit.patch_size,
                                              context_dim=emb, num_context_tokens=1, **width), **numerics)
@@ -112,9 +127,16 @@ class CxrIRGenTask(loop.Task):
         return PreparedClassifier(self.config.data, x.classifier_variant, x.classifier_steps,
                                   os.path.join(self.prepared_root(), f"classifier_{self.config.data.resolution}"))
 
+    def pretrained_unet(self) -> str:
+        """The diffusers U-Net folder named by `cxr_irgen.unet.pretrained` ('' : start from random)."""
+        return self.config.cxr_irgen.unet.get("pretrained", "") or ""
+
     def _stage(self, name: str, train: bool):
-        """(task, params) of a stage, trained first (resumably) when `train`."""
+        """(task, params) of a stage, trained first (resumably) when `train`; a pretrained
+        autoencoder (`cxr_irgen.autoencoder.pretrained`) is loaded, never trained."""
         c, tok = self.config, self.tokenizer
+        if name == "autoencoder" and stages.pretrained_vae(c):
+            return None, weights.load_diffusers_vae(stages.pretrained_vae(c))
         if name == "prior":
             ae = self._stage("autoencoder", False)[1]
             text = self._stage("language", False)[1]
@@ -128,7 +150,16 @@ class CxrIRGenTask(loop.Task):
         return task, state.params
 
     def latent_stats(self) -> dict:
-        """{"latent_scale", "latent_shift"} of the trained autoencoder (measured once, then read)."""
+        """{"latent_scale", "latent_shift"} of the autoencoder (measured once, then read).
+
+        With both the autoencoder and the U-Net pretrained, the U-Net was trained in its
+        autoencoder's own latent space: scaling_factor and shift_factor from the VAE's config.json
+        (SD-1.x: 0.18215, no shift). Otherwise the denoiser is trained here and gets measured,
+        centred latents (see `stages.measure_latent_stats`), also for a pretrained autoencoder."""
+        if stages.pretrained_vae(self.config) and self.pretrained_unet():
+            cfg = stages.vae_config(self.config)
+            return {"latent_scale": float(cfg.scaling_factor),
+                    "latent_shift": np.full(self.latent_shape, cfg.shift_factor or 0.0, np.float32)}
         stats = stages.read_latent_stats(self.stage_dir("autoencoder"))
         if stats is None:
             ae = self._stage("autoencoder", False)[1]
@@ -146,7 +177,7 @@ class CxrIRGenTask(loop.Task):
         for name in stages.STAGES:
             if name == "prior":
                 self._latent_stats = self.latent_stats()
-            self._stage(name, train=True)
+            self._stage(name, train=not (name == "autoencoder" and stages.pretrained_vae(self.config)))
         self.classifier().train()
 
     def frozen(self) -> dict:
@@ -218,6 +249,14 @@ class CxrIRGenTask(loop.Task):
                              latent_scale=jnp.float32(self._latent_stats["latent_scale"]),
                              latent_shift=jnp.asarray(self._latent_stats["latent_shift"], jnp.float32).reshape(self.latent_shape))
 
+    def warm_start(self, state):
+        """A pretrained U-Net's weights (`cxr_irgen.unet.pretrained`) in place of the random init."""
+        if not self.pretrained_unet():
+            return state
+        params = weights.load_diffusers_unet(self.pretrained_unet(), self.denoiser.config)
+        logging.info("CXR-IRGen: denoiser starts from %s", self.pretrained_unet())
+        return state.replace(params=jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), params, state.params))
+
     def _clip_shapes(self):
         n, r = self.config.cxr_irgen.prompt_len, self.config.data.resolution
         return jax.eval_shape(lambda: self.clip.init(jax.random.PRNGKey(0), ids=jnp.zeros((1, n), jnp.int32),
@@ -225,14 +264,14 @@ class CxrIRGenTask(loop.Task):
 
     def encode_latents(self, ae_params, images_uint8, rng, state):
         """uint8 images -> the denoiser's latents (a posterior sample, or its mode when rng is None)."""
-        posterior = self.vae.apply({"params": ae_params}, aug.to_float(images_uint8), method=self.vae.encode)
+        posterior = stages.vae_encode(self.vae, ae_params, aug.to_float(images_uint8))
         z = posterior.mode() if rng is None else posterior.sample(rng)
         return stages.normalize_latents(z, state.latent_scale, state.latent_shift)
 
     def decode_latents(self, ae_params, z, state):
         """The denoiser's latents -> images in [-1, 1]."""
         z = stages.denormalize_latents(z, state.latent_scale, state.latent_shift)
-        return jnp.clip(self.vae.apply({"params": ae_params}, z, method=self.vae.decode), -1, 1)
+        return jnp.clip(stages.vae_decode(self.vae, ae_params, z), -1, 1)
 
     def train_step(self, state, batch):
         """One AdamW step on the denoising loss; train.grad_accum_steps microbatches are averaged first."""

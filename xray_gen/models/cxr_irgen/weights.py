@@ -45,6 +45,10 @@ __all__ = [
     "vae_param_shapes",
     "load_diffusers_unet",
     "load_diffusers_vae",
+    "vae_config_to_diffusers",
+    "unet_config_to_diffusers",
+    "to_state_dict",
+    "save_diffusers",
 ]
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -381,3 +385,76 @@ def load_diffusers_vae(path_or_dir: Union[str, os.PathLike], config: Union[VAECo
                        dtype: Any = jnp.float32) -> Dict[str, Any]:
     """Params of `AutoencoderKL(config)` from a diffusers VAE folder or safetensors file (as above)."""
     return _load(path_or_dir, config, VAEConfig, vae_config_from_diffusers, vae_param_shapes, dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Export (the inverse: our Flax params -> a diffusers folder)
+# ------------------------------------------------------------------------------------------------
+
+# diffusers' ModuleList containers: their Flax names end in `_<index>`; other `_<digit>` names
+# (TimestepEmbedding's `linear_1`) are plain attribute names and keep their underscore.
+_INDEXED = frozenset({"down_blocks", "up_blocks", "resnets", "attentions", "downsamplers", "upsamplers",
+                      "transformer_blocks", "to_out", "net"})
+
+
+def vae_config_to_diffusers(config: VAEConfig) -> Dict[str, Any]:
+    """The diffusers `AutoencoderKL` config.json of a `VAEConfig` (read back by `vae_config_from_diffusers`)."""
+    n = len(config.block_out_channels)
+    out = {"_class_name": "AutoencoderKL", "in_channels": config.in_channels,
+           "out_channels": config.out_channels or config.in_channels,
+           "block_out_channels": list(config.block_out_channels), "layers_per_block": config.layers_per_block,
+           "latent_channels": config.latent_channels, "norm_num_groups": config.norm_num_groups,
+           "down_block_types": ["DownEncoderBlock2D"] * n, "up_block_types": ["UpDecoderBlock2D"] * n,
+           "act_fn": "silu", "mid_block_add_attention": config.mid_attention,
+           "use_quant_conv": config.use_quant_conv, "use_post_quant_conv": config.use_post_quant_conv,
+           "scaling_factor": config.scaling_factor}
+    if config.shift_factor is not None:
+        out["shift_factor"] = config.shift_factor
+    return out
+
+
+def unet_config_to_diffusers(config: UNetConfig) -> Dict[str, Any]:
+    """The diffusers `UNet2DConditionModel` config.json of a `UNetConfig`."""
+    n = len(config.block_out_channels)
+    down = ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in config.cross_attn]
+    return {"_class_name": "UNet2DConditionModel", "in_channels": config.in_channels,
+            "out_channels": config.out_channels, "block_out_channels": list(config.block_out_channels),
+            "down_block_types": down, "up_block_types": [d.replace("Down", "Up") for d in reversed(down)],
+            "layers_per_block": config.layers_per_block, "transformer_layers_per_block": config.transformer_layers,
+            # diffusers reads attention_head_dim as the head count (the SD-1.x naming quirk) and
+            # refuses num_attention_heads for this class
+            "attention_head_dim": [config.heads(i) for i in range(n)],
+            "cross_attention_dim": config.cross_attention_dim,
+            "use_linear_projection": config.use_linear_projection, "norm_num_groups": config.norm_num_groups,
+            "norm_eps": config.norm_eps, "flip_sin_to_cos": config.flip_sin_to_cos,
+            "freq_shift": config.freq_shift, "sample_size": config.sample_size}
+
+
+def to_state_dict(params: Mapping[str, Any]) -> Dict[str, np.ndarray]:
+    """Flax params -> diffusers {key: array} (HWIO -> OIHW, (in, out) -> (out, in)), float32."""
+    out = {}
+    for path, value in traverse_util.flatten_dict(jax.device_get(params)).items():
+        v = np.asarray(value, np.float32)
+        if path[-1] == "kernel":
+            v = v.transpose(3, 2, 0, 1) if v.ndim == 4 else v.T
+        out[_torch_key(path, _INDEXED)] = np.ascontiguousarray(v)
+    return out
+
+
+def save_diffusers(folder: Union[str, os.PathLike], params: Mapping[str, Any], config: Union[UNetConfig, VAEConfig]) -> str:
+    """Writes `params` of a U-Net or autoencoder as a diffusers model folder (safetensors +
+    config.json), loadable here by `load_diffusers_unet/vae` and by diffusers' `from_pretrained`."""
+    from safetensors.numpy import save_file
+
+    if isinstance(config, UNetConfig):
+        cfg = unet_config_to_diffusers(config)
+    elif isinstance(config, VAEConfig):
+        cfg = vae_config_to_diffusers(config)
+    else:
+        raise TypeError(f"expected a UNetConfig or VAEConfig, got a {type(config).__name__}")
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    save_file(to_state_dict(params), os.path.join(folder, WEIGHTS_NAME))
+    with open(os.path.join(folder, CONFIG_NAME), "w") as f:
+        json.dump(cfg, f, indent=2)
+    return folder
