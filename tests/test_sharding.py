@@ -27,4 +27,6 @@ def test_sharded_loss_and_grads_equal_single_device(task_cls, config_module):
         results.append(jax.device_get((loss, grads)))
     (loss1, grads1), (loss2, grads2) = results
     np.testing.assert_allclose(loss1, loss2, rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads1, grads2)
+    # float32 sums in another order (per-device partial sums, then the all-reduce): ~1e-4 relative
+    # on a small gradient entry; a sharding bug (a missing all-reduce, a batch counted twice) is O(1).
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5), grads1, grads2)
