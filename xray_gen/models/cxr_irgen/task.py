@@ -177,7 +177,7 @@ class CxrIRGenTask(loop.Task):
         for name in stages.STAGES:
             if name == "prior":
                 self._latent_stats = self.latent_stats()
-            self._stage(name, train=not (name == "autoencoder" and stages.pretrained_vae(self.config)))
+            self._stage(name, train=True)  # a pretrained autoencoder is loaded, never trained (_stage)
         self.classifier().train()
 
     def frozen(self) -> dict:
