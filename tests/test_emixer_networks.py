@@ -317,3 +317,55 @@ def test_encoder_param_mask_selects_exactly_the_densenet(report_model):
     assert all(m == (path[0].key == "encoder") for path, m in flat)
     assert any(m for _, m in flat) and not all(m for _, m in flat)
     assert jax.tree.structure(mask) == jax.tree.structure(variables["params"])
+
+
+F_FED = rn.ReportGenerator(**TINY_F, label_tags=True, sentence_feedback=True)
+GREEDY_FED = jax.jit(lambda v, images: F_FED.apply(v, images, method=F_FED.greedy))
+
+
+def _fed_model():
+    images = jax.random.normal(jax.random.key(0), (2, 16, 16, 1))
+    ids = jax.random.randint(jax.random.key(1), (2, S, W), 4, V)
+    variables = _params_like(F_FED, images, ids, seed=3)
+    # greedy must not emit PAD/BOS mid-sentence or stop early, so every sentence is compared
+    variables = _set(variables, ("params", "word", "out", "bias"), lambda b: b.at[jnp.array([PAD, BOS])].add(-100.0))
+    return images, ids, _set(variables, ("params", "stop_head", "bias"), lambda b: b - 100.0)
+
+
+def test_sentence_feedback_decoding_matches_teacher_forcing_on_its_own_output():
+    """With feedback, F's greedy report fed back as teacher-forcing targets reproduces its own argmax
+    word by word: decoding summarises each written sentence exactly as training does."""
+    images, _, variables = _fed_model()
+    out = GREEDY_FED(variables, images)
+    logits = jax.jit(F_FED.apply)(variables, images, out["ids"])["word_logits"]
+    real = np.asarray(out["mask"]) > 0
+    assert real[:, 1:].any()  # later sentences (the ones that see a summary) are compared
+    np.testing.assert_array_equal(np.asarray(jnp.argmax(logits, -1))[real], np.asarray(out["ids"])[real])
+    soft = jax.jit(lambda v: F_FED.apply(v, images, straight_through=True, method=F_FED.decode_soft))(variables)
+    np.testing.assert_array_equal(soft["ids"], out["ids"])
+    np.testing.assert_array_equal(BEAM_FED(variables, images, 1)["ids"], out["ids"])
+
+
+BEAM_FED = jax.jit(lambda v, images, k: F_FED.apply(v, images, beam_size=k, method=F_FED.beam_search), static_argnums=2)
+
+
+def test_sentence_feedback_makes_later_topics_depend_on_earlier_sentences():
+    images, ids, fed = _fed_model()
+    plain_vars = _params_like(F, images, ids, seed=3)
+    other = ids.at[:, 0].set(jnp.roll(ids[:, 0], 1, axis=-1) % (V - 4) + 4)  # sentence 0 changed only
+    for model, variables, depends in [(F_FED, fed, True), (F, plain_vars, False)]:
+        a, b = (jax.jit(model.apply)(variables, images, x) for x in (ids, other))
+        np.testing.assert_allclose(a["stop_logits"][:, 0], b["stop_logits"][:, 0], rtol=1e-6)
+        changed = float(jnp.max(jnp.abs(a["stop_logits"][:, 1:] - b["stop_logits"][:, 1:])))
+        assert (changed > 1e-4) == depends, (model.sentence_feedback, changed)
+
+
+def test_label_tags_feed_the_encoder_finding_probabilities_into_the_features():
+    images, ids, fed = _fed_model()
+    plain_vars = _params_like(F, images, ids, seed=3)
+    head = ("params", "encoder", "classifier", "bias")
+    for model, variables, depends in [(F_FED, fed, True), (F, plain_vars, False)]:
+        moved = _set(variables, head, lambda b: b + 3.0)
+        encode = jax.jit(lambda v: model.apply(v, images, method=model.encode))
+        changed = float(jnp.max(jnp.abs(encode(variables) - encode(moved))))
+        assert (changed > 1e-4) == depends, (model.label_tags, changed)

@@ -41,6 +41,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     e.word_layers = 3
     e.encoder_trainable = True  # F's DenseNet fine-tuned (False: frozen)
     e.encoder_from_classifier = True  # F's DenseNet starts as the trained evaluation classifier
+    # Options beyond the paper's F (xray_gen/models/emixer/report_networks.py): the encoder's finding
+    # probabilities as semantic tags beside its features, and the previous sentence fed back to the
+    # sentence LSTM (the paper's F cannot know what it has written and repeats its likeliest sentence).
+    e.label_tags = False
+    e.sentence_feedback = False
     e.report_embed_dim = 256
     e.report_hidden = 512
     e.joint_ch = 32

@@ -6,16 +6,20 @@ is real iff any of its tokens is.
 
 `ReportGenerator` F(image -> report):
   image -> DenseNet (submodule "encoder", the foundation classifier's network, so its params can be
-  loaded from a trained classifier) -> pooled features -> Dense+ReLU -> v (feature_dim);
-  sentence LSTM fed v at every step -> h_i -> stop logit (CONTINUE=0 / STOP=1: "sentence i is the
-  last") and topic t_i (an MLP of `topic_layers` layers);
+  loaded from a trained classifier) -> pooled features (+ with `label_tags` its 14 finding
+  probabilities, Jing et al.'s semantic tags) -> Dense+ReLU -> v (feature_dim);
+  sentence LSTM fed v at every step (+ with `sentence_feedback` the mean word embedding of the
+  previous sentence, teacher-forced in training, F's own when decoding) -> h_i -> stop logit
+  (CONTINUE=0 / STOP=1: "sentence i is the last") and topic t_i (an MLP of `topic_layers` layers);
   word LSTM (`word_layers` stacked cells) fed t_i, then BOS, then the previous word; the last
   layer's state predicts the next word (sentence i's word w from the step after word w-1).
+  The paper's F is the plain form (both options off): its sentence LSTM cannot know what it has
+  written, so greedy decoding repeats the likeliest sentence.
 
-Decoding (all jittable, fixed S and W): `greedy`, `beam_search` (per sentence; the sentence LSTM
-does not see words, so topics and stop decisions do not depend on the beams), and `decode_soft`,
-the differentiable path for adversarial training: per-step distributions (softmax, or
-Gumbel-softmax with optional straight-through) fed back as soft embeddings.
+Decoding (all jittable, fixed S and W), sentence by sentence: `greedy`, `beam_search` (beams per
+sentence; the best one is what the next sentence sees), and `decode_soft`, the differentiable path
+for adversarial training: per-step distributions (softmax, or Gumbel-softmax with optional
+straight-through) fed back as soft embeddings.
 
 Report discriminators take `tokens` as either ids (B, S, W) int or distributions (B, S, W, V)
 float and embed both through `tokens @ E` (ids as one-hot), so real and generated reports share
@@ -139,6 +143,8 @@ class ReportGenerator(nn.Module):
     encoder_init_features: int = 64
     encoder_small_input: bool = False
     encoder_trainable: bool = True
+    label_tags: bool = False
+    sentence_feedback: bool = False
 
     def setup(self):
         self.encoder = DenseNet(
@@ -154,35 +160,41 @@ class ReportGenerator(nn.Module):
 
     # ------------------------------------------------------------------------------ image side
     def encode(self, images, train: bool = False):
-        """v (B, feature_dim): DenseNet pooled features -> Dense -> ReLU."""
-        _, feats = self.encoder(images, train=train and self.encoder_trainable)
+        """v (B, feature_dim): DenseNet pooled features (+ its label probabilities) -> Dense -> ReLU."""
+        logits, feats = self.encoder(images, train=train and self.encoder_trainable)
+        if self.label_tags:  # Jing et al.'s semantic tags: the encoder's own 14 finding probabilities
+            feats = jnp.concatenate([feats, jax.nn.sigmoid(logits)], axis=-1)
         return nn.relu(self.feature_proj(feats))
 
-    def sentences(self, v):
-        """(topics (B, S, embed_dim), stop_logits (B, S)) from the sentence LSTM fed v at every step."""
-        c = (jnp.zeros((v.shape[0], self.sentence_hidden)),) * 2
-        topics, stops = [], []
-        for _ in range(self.max_sentences):
-            c, h = self.sentence_cell(c, v)
-            stops.append(self.stop_head(h)[:, 0])
-            t = h
-            for i, layer in enumerate(self.topic_mlp):
-                t = layer(t)
-                if i < len(self.topic_mlp) - 1:
-                    t = nn.relu(t)
-            topics.append(t)
-        return jnp.stack(topics, 1), jnp.stack(stops, 1)
+    def _sentence_step(self, c, v, previous):
+        """One sentence-LSTM step -> (carry, topic (B, embed_dim), stop logit (B,)).
+
+        `previous` (B, embed_dim) summarises the sentence before (zeros for the first); it is an
+        input only with `sentence_feedback`, so F knows what it has said (no repeated sentences).
+        """
+        x = jnp.concatenate([v, previous], axis=-1) if self.sentence_feedback else v
+        c, h = self.sentence_cell(c, x)
+        t = h
+        for i, layer in enumerate(self.topic_mlp):
+            t = layer(t)
+            if i < len(self.topic_mlp) - 1:
+                t = nn.relu(t)
+        return c, t, self.stop_head(h)[:, 0]
+
+    def _sentence_summary(self, ids, dist=None):
+        """Mean word embedding of one sentence's ids (B, W) up to its first EOS, PAD left out; with
+        `dist` (B, W, V) the soft embeddings of those positions (decode_soft's gradient path)."""
+        mask = word_mask_from_ids(ids) * (ids != PAD)
+        emb = self.word.embed_ids(ids) if dist is None else self.word.embed_dist(dist)
+        return (emb * mask[..., None]).sum(1) / jnp.maximum(mask.sum(1, keepdims=True), 1.0)
+
+    def _initial(self, v):
+        return (jnp.zeros((v.shape[0], self.sentence_hidden)),) * 2, jnp.zeros((v.shape[0], self.embed_dim))
 
     def _start(self, topics):
-        """Word-LSTM carry after the topic step, for N = B*S sentences."""
-        flat = topics.reshape(-1, topics.shape[-1])
-        carry, _ = self.word(self.word.initial_carry(flat.shape[0]), flat)
+        """Word-LSTM carry after the topic step, for the N rows of `topics` (N, embed_dim)."""
+        carry, _ = self.word(self.word.initial_carry(topics.shape[0]), topics)
         return carry
-
-    def _prepare(self, images, train):
-        v = self.encode(images, train)
-        topics, stop_logits = self.sentences(v)
-        return v, topics, stop_logits
 
     # --------------------------------------------------------------------------- teacher forcing
     def __call__(self, images, ids, train: bool = False):
@@ -190,27 +202,49 @@ class ReportGenerator(nn.Module):
         if s != self.max_sentences or w != self.max_words:
             raise ValueError(f"ReportGenerator: ids shape {ids.shape} does not match (B, max_sentences="
                              f"{self.max_sentences}, max_words={self.max_words})")
-        v, topics, stop_logits = self._prepare(images, train)
-        carry = self._start(topics)
+        ids = ids.astype(jnp.int32)
+        v = self.encode(images, train)
+        c, previous = self._initial(v)
+        topics, stops = [], []
+        for i in range(s):  # sentence feedback is teacher-forced too: the true previous sentence
+            c, t, stop = self._sentence_step(c, v, previous)
+            topics.append(t)
+            stops.append(stop)
+            previous = self._sentence_summary(ids[:, i])
+        carry = self._start(jnp.stack(topics, 1).reshape(b * s, -1))
         flat = ids.reshape(b * s, w)
-        inputs = jnp.concatenate([jnp.full((b * s, 1), BOS, jnp.int32), flat[:, :-1].astype(jnp.int32)], axis=1)
+        inputs = jnp.concatenate([jnp.full((b * s, 1), BOS, jnp.int32), flat[:, :-1]], axis=1)
 
         def body(core, c, tok):
             return core(c, core.embed_ids(tok))
 
         _, logits = _scan(body)(self.word, carry, inputs)
-        return {"word_logits": logits.reshape(b, s, w, -1), "stop_logits": stop_logits, "features": v}
+        return {"word_logits": logits.reshape(b, s, w, -1), "stop_logits": jnp.stack(stops, 1), "features": v}
 
     # --------------------------------------------------------------------------------- decoding
+    def _decode(self, v, decode_sentence):
+        """Sentence by sentence: topic -> `decode_sentence(word carry, index)` -> (outputs, summary).
+
+        Returns (per-sentence outputs stacked on axis 1, stop_logits (B, S)). Sentences are decoded
+        in order so that, with `sentence_feedback`, each topic sees the sentence F actually wrote.
+        """
+        c, previous = self._initial(v)
+        outs, stops = [], []
+        for i in range(self.max_sentences):
+            c, t, stop = self._sentence_step(c, v, previous)
+            out, previous = decode_sentence(self._start(t), i)
+            outs.append(out)
+            stops.append(stop)
+        return jax.tree_util.tree_map(lambda *x: jnp.stack(x, 1), *outs), jnp.stack(stops, 1)
+
     def greedy(self, images, stop_threshold: float = 0.5):
         """Greedy report: {"ids", "mask" (B, S, W), "word_lengths" (B, S), "num_sentences" (B,)}.
 
         A sentence ends at its first EOS (kept, as in the tokenizer's encoding); the report ends
         after the first sentence whose p(STOP) exceeds `stop_threshold`.
         """
-        _, topics, stop_logits = self._prepare(images, False)
-        carry = self._start(topics)
-        n = carry[0][0].shape[0]
+        v = self.encode(images, False)
+        n = v.shape[0]
 
         def body(core, state, _):
             c, emb = state
@@ -218,9 +252,12 @@ class ReportGenerator(nn.Module):
             tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
             return (c, core.embed_ids(tok)), tok
 
-        bos = self.word.embed_ids(jnp.full((n,), BOS, jnp.int32))
-        _, toks = _scan(body, length=self.max_words, in_axes=0)(self.word, (carry, bos), None)
-        ids = toks.reshape(images.shape[0], self.max_sentences, self.max_words)
+        def sentence(carry, _):
+            bos = self.word.embed_ids(jnp.full((n,), BOS, jnp.int32))
+            _, toks = _scan(body, length=self.max_words, in_axes=0)(self.word, (carry, bos), None)
+            return toks, self._sentence_summary(toks)
+
+        ids, stop_logits = self._decode(v, sentence)
         return _finish(ids, sentence_mask_from_stop(stop_logits, stop_threshold))
 
     def beam_search(self, images, beam_size: int = 4, length_penalty: float = 0.0, stop_threshold: float = 0.5):
@@ -229,42 +266,44 @@ class ReportGenerator(nn.Module):
         Finished beams (EOS emitted) only extend with PAD at no cost. The best beam maximises
         log p / length**length_penalty (0: plain log-probability). Beam 1 reproduces `greedy`.
         """
-        _, topics, stop_logits = self._prepare(images, False)
-        carry = self._start(topics)
-        n, k, w, v = carry[0][0].shape[0], beam_size, self.max_words, self.vocab_size
-        if k < 1:
+        if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        v = self.encode(images, False)
+        n, k, w, vocab = v.shape[0], beam_size, self.max_words, self.vocab_size
         tile = lambda x: jnp.repeat(x, k, axis=0)  # (N, ...) -> (N*K, ...), beams of a sentence adjacent
-        carry = jax.tree_util.tree_map(tile, carry)
-        emb = self.word.embed_ids(jnp.full((n * k,), BOS, jnp.int32))
-        # Only beam 0 is alive at first; dead beams (also those left when K > V) keep a ~-1e9 score.
-        scores = jnp.where(jnp.arange(k) == 0, 0.0, _NEG)[None].repeat(n, 0)
-        finished = jnp.zeros((n, k), bool)
-        tokens = jnp.full((n, k, w), PAD, jnp.int32)
-        pad_only = jnp.where(jnp.arange(v) == PAD, 0.0, _NEG)
+        pad_only = jnp.where(jnp.arange(vocab) == PAD, 0.0, _NEG)
 
         def body(core, state, t):
             c, emb, scores, finished, tokens = state
             c, logits = core(c, emb)
-            logp = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(n, k, v)
+            logp = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(n, k, vocab)
             logp = jnp.where(finished[..., None], pad_only, logp)
-            top, idx = jax.lax.top_k((scores[..., None] + logp).reshape(n, k * v), k)
-            parent, tok = idx // v, (idx % v).astype(jnp.int32)
+            top, idx = jax.lax.top_k((scores[..., None] + logp).reshape(n, k * vocab), k)
+            parent, tok = idx // vocab, (idx % vocab).astype(jnp.int32)
             c = jax.tree_util.tree_map(lambda x: _gather_beams(x.reshape(n, k, -1), parent).reshape(n * k, -1), c)
             tokens = _gather_beams(tokens, parent)
             tokens = jnp.where(jnp.arange(w) == t, tok[..., None], tokens)
             finished = _gather_beams(finished, parent) | (tok == EOS)
             return (c, core.embed_ids(tok.reshape(-1)), top, finished, tokens), None
 
-        state, _ = _scan(body, in_axes=0)(self.word, (carry, emb, scores, finished, tokens), jnp.arange(w))
-        _, _, scores, _, tokens = state
-        lengths = word_mask_from_ids(tokens).sum(-1)
-        ranked = scores / lengths ** length_penalty if length_penalty else scores
-        best = jnp.argmax(ranked, axis=-1)
-        ids = jnp.take_along_axis(tokens, best[:, None, None], axis=1)[:, 0]
-        b = images.shape[0]
-        out = _finish(ids.reshape(b, self.max_sentences, w), sentence_mask_from_stop(stop_logits, stop_threshold))
-        out["scores"] = jnp.take_along_axis(scores, best[:, None], axis=1).reshape(b, self.max_sentences)
+        def sentence(carry, _):
+            carry = jax.tree_util.tree_map(tile, carry)
+            emb = self.word.embed_ids(jnp.full((n * k,), BOS, jnp.int32))
+            # Only beam 0 is alive at first; dead beams (also those left when K > V) keep a ~-1e9 score.
+            scores = jnp.where(jnp.arange(k) == 0, 0.0, _NEG)[None].repeat(n, 0)
+            state = (carry, emb, scores, jnp.zeros((n, k), bool), jnp.full((n, k, w), PAD, jnp.int32))
+            state, _ = _scan(body, in_axes=0)(self.word, state, jnp.arange(w))
+            _, _, scores, _, tokens = state
+            lengths = word_mask_from_ids(tokens).sum(-1)
+            ranked = scores / lengths ** length_penalty if length_penalty else scores
+            best = jnp.argmax(ranked, axis=-1)
+            ids = jnp.take_along_axis(tokens, best[:, None, None], axis=1)[:, 0]
+            score = jnp.take_along_axis(scores, best[:, None], axis=1)[:, 0]
+            return (ids, score), self._sentence_summary(ids)
+
+        (ids, scores), stop_logits = self._decode(v, sentence)
+        out = _finish(ids, sentence_mask_from_stop(stop_logits, stop_threshold))
+        out["scores"] = scores
         return out
 
     def decode_soft(self, images, rng=None, temperature: float = 1.0, gumbel: bool = False,
@@ -279,13 +318,8 @@ class ReportGenerator(nn.Module):
         """
         if gumbel and rng is None:
             raise ValueError("decode_soft(gumbel=True) needs an rng")
-        v_feat, topics, stop_logits = self._prepare(images, train)
-        carry = self._start(topics)
-        n, w, v = carry[0][0].shape[0], self.max_words, self.vocab_size
-        if gumbel:
-            noise = jax.random.gumbel(rng, (n, w, v), jnp.float32)
-        else:
-            noise = jnp.zeros((n, w, 1), jnp.float32)
+        v_feat = self.encode(images, train)
+        n, w, v = v_feat.shape[0], self.max_words, self.vocab_size
 
         def body(core, state, g):
             c, emb = state
@@ -296,10 +330,16 @@ class ReportGenerator(nn.Module):
                 p = hard + p - jax.lax.stop_gradient(p)
             return (c, core.embed_dist(p)), p
 
-        bos = self.word.embed_ids(jnp.full((n,), BOS, jnp.int32))
-        _, dist = _scan(body)(self.word, (carry, bos), noise)
-        b = images.shape[0]
-        dist = dist.reshape(b, self.max_sentences, w, v)
+        def sentence(carry, i):
+            if gumbel:
+                noise = jax.random.gumbel(jax.random.fold_in(rng, i), (n, w, v), jnp.float32)
+            else:
+                noise = jnp.zeros((n, w, 1), jnp.float32)
+            bos = self.word.embed_ids(jnp.full((n,), BOS, jnp.int32))
+            _, dist = _scan(body)(self.word, (carry, bos), noise)
+            return dist, self._sentence_summary(jnp.argmax(dist, axis=-1), dist)
+
+        dist, stop_logits = self._decode(v_feat, sentence)
         out = _finish(jnp.argmax(dist, axis=-1), sentence_mask_from_stop(stop_logits, stop_threshold))
         out.update(dist=dist * out["mask"][..., None], stop_logits=stop_logits, features=v_feat)
         return out

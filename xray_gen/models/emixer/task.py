@@ -110,7 +110,8 @@ class EmixerTask(loop.Task):
                                  embed_dim=e.f_hidden, word_hidden=e.f_hidden, word_layers=e.word_layers,
                                  encoder_blocks=tuple(cc.block_sizes), encoder_growth_rate=cc.growth_rate,
                                  encoder_init_features=cc.init_features, encoder_small_input=cc.small_input,
-                                 encoder_trainable=e.encoder_trainable)
+                                 encoder_trainable=e.encoder_trainable, label_tags=e.get("label_tags", False),
+                                 sentence_feedback=e.get("sentence_feedback", False))
         self.D_report = ReportDiscriminator(vocab, e.report_embed_dim, e.report_hidden)
         self.D_joint = JointDiscriminator(vocab, ch=e.joint_ch, embed_dim=e.report_embed_dim, hidden=e.report_hidden)
         self._encoder_init = None  # F's DenseNet weights from the trained classifier (prepare)
