@@ -135,16 +135,18 @@ def emixer_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.ndarray
     }
 
 
-def cxr_irgen_batch(config, vocab_size: int, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """CXR-IRGen's denoiser inputs at random: image, label-prompt ids, reference image and flag."""
-    x, res = config.cxr_irgen, config.data.resolution
+def cxr_irgen_batch(config, vocab_size: int, batch_size: int, seed: int = 0,
+                    prompt_len: int | None = None) -> dict[str, np.ndarray]:
+    """CXR-IRGen's denoiser inputs at random: image, label-prompt ids, reference image and flag.
+    `prompt_len` None: cxr_irgen.prompt_len (a pretrained CLIP's is its own: `task.prompt_len`)."""
+    res, length = config.data.resolution, prompt_len or config.cxr_irgen.prompt_len
     rng = np.random.default_rng(seed)
     n = batch_size
-    lengths = rng.integers(4, x.prompt_len + 1, n)
+    lengths = rng.integers(4, length + 1, n)
     return {
         "frontal": rng.integers(0, 256, (n, res, res, 1), dtype=np.uint8),
-        "prompt_ids": rng.integers(4, vocab_size, (n, x.prompt_len)).astype(np.int32),
-        "prompt_mask": (np.arange(x.prompt_len)[None] < lengths[:, None]).astype(np.float32),
+        "prompt_ids": rng.integers(4, vocab_size, (n, length)).astype(np.int32),
+        "prompt_mask": (np.arange(length)[None] < lengths[:, None]).astype(np.float32),
         "reference": rng.integers(0, 256, (n, res, res, 1), dtype=np.uint8),
         "reference_flag": np.ones((n,), np.float32),
     }
@@ -155,7 +157,7 @@ def synthetic_batch(task, batch_size: int, seed: int = 0) -> dict[str, np.ndarra
     if task.config.model == "emixer":
         return emixer_batch(task.config, batch_size, seed)
     if task.config.model == "cxr_irgen":
-        return cxr_irgen_batch(task.config, task.tokenizer.vocab_size, batch_size, seed)
+        return cxr_irgen_batch(task.config, task.clip.text.vocab_size, batch_size, seed, task.prompt_len)
     transform = task.transform()  # the same ToModelInputs the task's loaders use
     res = task.config.data.resolution
     rng = np.random.default_rng(seed)

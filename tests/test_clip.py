@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import json
 import math
 
 import jax
@@ -9,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import traverse_util
 
 from xray_gen.data.tokenizer import ReportTokenizer
 from xray_gen.nn import clip
@@ -237,3 +239,29 @@ def test_clip_pixels():
     assert out.shape == (1, 2, 1, 3)
     np.testing.assert_allclose(out[0, 0, 0], -np.array(clip.CLIP_MEAN) / np.array(clip.CLIP_STD), rtol=1e-6)
     np.testing.assert_allclose(out[0, 1, 0], (1 - np.array(clip.CLIP_MEAN)) / np.array(clip.CLIP_STD), rtol=1e-6)
+
+
+def test_save_transformers_clip_round_trips_through_load_clip(model_params, tmp_path):
+    """Export (transformers CLIPModel names and layouts) -> import is the identity; legacy argmax
+    pooling (eos_token_id None) is written as transformers' marker 2 and read back as None."""
+    from xray_gen.models.cxr_irgen import clip_weights
+
+    model, params = model_params
+    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(7), p.shape), params)
+    folder = clip_weights.save_transformers_clip(tmp_path / "clip", params, model)
+    config = json.loads((tmp_path / "clip" / "config.json").read_text())
+    assert config["model_type"] == "clip" and config["text_config"]["hidden_size"] == TEXT.width
+    state, _, _ = clip_weights.read_clip_state_dict(folder)
+    assert "text_model.encoder.layers.0.self_attn.out_proj.weight" in state and "vision_model.pre_layrnorm.weight" in state
+    assert clip_weights.clip_model_of(folder) == model  # architecture from config.json + weight names
+    loaded, back = clip_weights.load_clip(folder)
+    assert loaded == model
+    flat, flat_back = traverse_util.flatten_dict(params), traverse_util.flatten_dict(back)
+    assert flat.keys() == flat_back.keys()
+    for key in flat:
+        np.testing.assert_allclose(flat_back[key], flat[key], rtol=1e-6, err_msg="/".join(key))
+    legacy = CLIP(text=dataclasses.replace(TEXT, eos_token_id=None), vision=VISION)
+    clip_weights.save_transformers_clip(tmp_path / "legacy", params, legacy)
+    assert clip_weights.clip_model_of(tmp_path / "legacy").text.eos_token_id is None
+    with pytest.raises(ValueError, match="both towers"):
+        clip_weights.save_transformers_clip(tmp_path / "text", {"text_model": params["text_model"]}, CLIP(text=TEXT))

@@ -4,7 +4,9 @@ Tiny randomly initialised transformers CLIP models (LayerNorm affines and biases
 swapped or dropped one shows up) are saved with `save_pretrained(safe_serialization=True)`,
 imported through `xray_gen.models.cxr_irgen.clip_weights` from the folder alone, and run on the
 same inputs; outputs must agree to ~1e-4 relative error. Covers flat (transformers >= 5) and
-prefixed key layouts, projections, CLIPModel's logits, the legacy argmax-EOS config and errors.
+prefixed key layouts, projections, CLIPModel's logits, the legacy argmax-EOS config and errors;
+also the export (`save_transformers_clip`, read by `CLIPModel.from_pretrained`) and the plain-Python
+BPE tokenizer (`xray_gen.data.bpe`) against transformers' `CLIPTokenizer`.
 Install the extra first: `pip install torch==2.13.0` then `pip install -e .[conformance]`.
 """
 
@@ -181,26 +183,65 @@ def test_errors_name_keys_and_files(tmp_path):
         clip_weights.load_clip(path)
 
 
-def test_tokenizer_matches_transformers(tmp_path):
-    pytest.importorskip("tokenizers", reason="CLIPTokenizer needs the tokenizers package")
-    chars = sorted(set("a chest x ray image with cardiomegaly without edema"))
+def test_exported_folder_loads_in_transformers(tmp_path):
+    """`save_transformers_clip` (our random CLIP -> a CLIPModel folder) is what transformers'
+    `CLIPModel.from_pretrained` reads: no missing or unexpected keys, the same embeddings."""
+    import jax
+
+    from xray_gen.nn.clip import text_config, vision_config
+
+    text = text_config("tiny", vocab_size=99, max_length=12, width=32, layers=2, heads=4, mlp_dim=48, eos_token_id=EOS,
+                       projection_dim=24)
+    vision = vision_config("tiny", image_size=32, patch_size=8, num_channels=3, width=40, layers=2, heads=4, mlp_dim=56,
+                           projection_dim=24)
+    model = CLIP(text=text, vision=vision)
+    params = model.init(jax.random.key(0), ids=jnp.asarray(IDS), images=jnp.zeros((1, 32, 32, 3)))["params"]
+    params = jax.tree.map(lambda p: p + 0.2 * jax.random.normal(jax.random.key(1), p.shape), params)
+    path = clip_weights.save_transformers_clip(tmp_path / "ours", params, model)
+    ref, info = transformers.CLIPModel.from_pretrained(path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    x = _pixels(2)
+    with torch.no_grad():
+        out = ref.eval()(input_ids=torch.tensor(IDS), attention_mask=torch.tensor(MASK), pixel_values=torch.tensor(x))
+    _, t = _encode_text(model, params)
+    _, i = _encode_image(model, params, x)
+    unit = lambda e: np.asarray(e) / np.linalg.norm(np.asarray(e), axis=-1, keepdims=True)  # CLIPModel's are unit
+    assert _rel_err(unit(t), out.text_embeds.numpy()) < RTOL and _rel_err(unit(i), out.image_embeds.numpy()) < RTOL
+    assert _rel_err(clip_logits(t, i, params["logit_scale"]), out.logits_per_text.numpy()) < RTOL
+
+
+@pytest.mark.parametrize("all_bytes", [True, False])
+def test_bpe_tokenizer_matches_transformers(tmp_path, all_bytes):
+    """xray_gen.data.bpe.CLIPTokenizer (plain Python) against transformers' CLIPTokenizer built from
+    the same vocab and merges: punctuation, digits, contractions, case, whitespace, accents,
+    truncation and padding. Without all 256 byte characters, unknown pieces appear too."""
+    from xray_gen.data.bpe import CLIPTokenizer, bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values()) if all_bytes else sorted(set("a chest x ray with cardiomegaly"))
     vocab = {}
     for c in chars:
         if c != " ":
             vocab.setdefault(c, len(vocab))
             vocab.setdefault(c + "</w>", len(vocab))
-    merges = [("c", "h"), ("e", "s"), ("ch", "es"), ("r", "a"), ("e", "d</w>")]
+    merges = [("c", "h"), ("e", "s"), ("ch", "es"), ("ches", "t</w>"), ("r", "a"), ("ra", "y</w>"), ("e", "d</w>"),
+              ("i", "t"), ("'", "s</w>"), ("1", "2</w>")]
+    merges = [(a, b) for a, b in merges if a in vocab and b in vocab]
     for a, b in merges:
         vocab.setdefault(a + b, len(vocab))
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
     ref = transformers.CLIPTokenizer(vocab=vocab, merges=merges)
-    ref.save_pretrained(str(tmp_path / "tok"))
-    texts = ["A chest X ray image with cardiomegaly", "Edema", "X ray"]
-    ours = clip_weights.CLIPTokenizer(tmp_path / "tok", max_length=12)
+    texts = ["A chest X-ray, 2 views: cardiomegaly (mild); no edema.", "Heart 12.5 cm! It's x-ray's #3",
+             "  MULTIPLE   spaces\tand\nnewlines ", "caf\u00e9 na\u00efve r\u00e9sum\u00e9 \u00bd", "", "X ray"]
+    ours = CLIPTokenizer(folder, max_length=16)
     ids, mask = ours(texts)
-    expected = ref(texts, padding="max_length", max_length=12, truncation=True, return_tensors="np")
+    expected = ref(texts, padding="max_length", max_length=16, truncation=True, return_tensors="np")
     np.testing.assert_array_equal(ids, expected["input_ids"])
     np.testing.assert_array_equal(mask, expected["attention_mask"])
-    assert ids[0, 0] == vocab["<|startoftext|>"] and ids[0, -1] == vocab["<|endoftext|>"]  # truncated, EOS kept
-    assert ids[1, 1] == vocab["e"] and mask[1].sum() == 7  # lower-cased, padded
+    assert ids[0, -1] == vocab["<|endoftext|>"] and mask[0].all()  # truncated, EOS kept
+    if all_bytes:
+        assert ref.convert_ids_to_tokens(ref("x ray's")["input_ids"])[1:-1] == ours.tokenize("x ray's")

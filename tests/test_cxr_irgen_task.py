@@ -287,3 +287,142 @@ def test_pretrained_diffusers_autoencoder_and_unet_plug_into_the_pipeline(run, t
         tmp_path / "unet_wide_context", unet_params, UNetConfig(**{**ucfg.__dict__, "cross_attention_dim": 768})))
     with pytest.raises(ValueError, match="cross_attention_dim is 768"):
         CxrIRGenTask(config, str(tmp_path / "work2"))
+
+
+def _pretrained_clip(folder, text_width=24):
+    """A tiny random CLIP saved as a transformers CLIPModel folder (config.json + model.safetensors)
+    with its BPE files beside it (an openai/clip-vit-* snapshot's layout): (folder, params, tokenizer)."""
+    from test_clip_tokenizer import write_tokenizer  # tests/ is on sys.path
+
+    from xray_gen.data.bpe import CLIPTokenizer
+    from xray_gen.models.cxr_irgen import clip_weights
+    from xray_gen.nn import clip as clip_nn
+
+    vocab = write_tokenizer(folder, "abcdefghijklmnopqrstuvwxyz,", [("c", "h"), ("e", "s"), ("ch", "es"),
+                                                                      ("ches", "t</w>"), ("r", "a"), ("ra", "y</w>")])
+    text = clip_nn.text_config("tiny", vocab_size=len(vocab), max_length=40, width=text_width, layers=1, heads=2,
+                               mlp_dim=48, eos_token_id=vocab["<|endoftext|>"], projection_dim=text_width)
+    vision = clip_nn.vision_config("tiny", image_size=16, patch_size=8, num_channels=3, width=40, layers=1, heads=2,
+                                   mlp_dim=48, projection_dim=text_width)
+    model = clip_nn.CLIP(text=text, vision=vision)
+    params = model.init(jax.random.PRNGKey(3), **stages.clip_init_inputs(model))["params"]
+    clip_weights.save_transformers_clip(folder, params, model)
+    return str(folder), params, CLIPTokenizer(folder, max_length=40)
+
+
+def test_pretrained_transformers_clip_plugs_into_the_pipeline(run, tmp_path):
+    """A transformers CLIP folder (`cxr_irgen.clip.pretrained`) replaces the CLIP stage: loaded, not
+    trained; the label prompt is tokenised by its BPE for training and sampling; its text width is
+    the denoiser's context width; reference images are resized to its image size."""
+    import shutil
+
+    from xray_gen.models.cxr_irgen import sampling, weights
+    from xray_gen.models.cxr_irgen.task import CxrIRGenTask
+    from xray_gen.nn.unet2d import UNetConfig
+
+    folder, clip_params, bpe = _pretrained_clip(tmp_path / "clip")
+    prepared = tmp_path / "prepared"  # the fixture's trained stages, without its CLIP stage
+    shutil.copytree(run["workdir"], prepared, ignore=shutil.ignore_patterns("clip", "samples", "eval"))
+    config = configs.get_config("smoke")
+    config.cxr_irgen.prepared_dir = str(prepared)
+    config.cxr_irgen.clip.pretrained = folder
+    task = CxrIRGenTask(config, str(tmp_path / "work"))
+    assert (task.prompt_len, task.clip.text.width, task.clip.vision.image_size) == (40, 24, 16)
+    task.prepare()
+    assert not os.path.exists(prepared / "clip")  # never trained
+    _tree_close(task.frozen()["clip"], clip_params)
+
+    batch = next(iter(task.train_loader()))
+    for ids, mask, labels in zip(batch["prompt_ids"], batch["prompt_mask"], batch["labels"]):
+        want_ids, want_mask = bpe.encode_flat(label_prompt(labels), 40)
+        np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_array_equal(mask, want_mask)
+    assert bpe.decode(batch["prompt_ids"][0]).startswith("a chest x ray image")
+    state = task.init(jax.random.PRNGKey(0))
+    assert jax.eval_shape(lambda: task.condition_of(task.frozen()["clip"], batch))["context"].shape == (8, 1, 24)
+    new, metrics = jax.jit(task.train_step)(state, jax.tree.map(jnp.asarray, batch))
+    assert int(new.step) == 1 and np.isfinite(float(metrics["loss"]))
+
+    raw = np.asarray(batch["labels"][:2])
+    inputs, _ = sampling.condition_inputs(task, raw, [0, 1])
+    np.testing.assert_array_equal(inputs["prompt_ids"][1], bpe.encode_flat(label_prompt(raw[1]), 40)[0])
+    np.testing.assert_array_equal(task.null_inputs()["prompt_ids"][0, :3], [bpe.bos_id, bpe.eos_id, bpe.pad_id])
+
+    config.cxr_irgen.backbone = "unet"
+    assert CxrIRGenTask(config, str(tmp_path / "unet")).denoiser.config.cross_attention_dim == 24
+    unet_dir = tmp_path / "unet_context_32"  # a U-Net made for cxr_irgen.clip.width=32, not this CLIP's 24
+    unet_dir.mkdir()
+    (unet_dir / "config.json").write_text(json.dumps(weights.unet_config_to_diffusers(UNetConfig(
+        in_channels=4, out_channels=4, block_out_channels=(16, 16), cross_attn=(True, True), layers_per_block=1,
+        num_heads=2, cross_attention_dim=32, norm_num_groups=8))))
+    config.cxr_irgen.unet.pretrained = str(unet_dir)
+    with pytest.raises(ValueError, match="cross_attention_dim is 32, this pipeline needs 24.*clip.pretrained="):
+        CxrIRGenTask(config, str(tmp_path / "unet2"))
+
+
+def test_pretrained_text_encoder_beside_tokenizer_and_errors(run, tmp_path):
+    """SD's layout (text_encoder/ + tokenizer/, no vision tower: no reference image then) and the
+    errors, each naming the config field and the file."""
+    from safetensors.numpy import save_file
+
+    from xray_gen.models.cxr_irgen import clip_weights, sampling
+    from xray_gen.models.cxr_irgen.task import CxrIRGenTask
+
+    folder, _, bpe = _pretrained_clip(tmp_path / "clip")
+    sd = tmp_path / "sd"
+    for sub in ("text_encoder", "tokenizer"):
+        (sd / sub).mkdir(parents=True)
+    for name in ("vocab.json", "merges.txt"):
+        (sd / "tokenizer" / name).write_bytes((tmp_path / "clip" / name).read_bytes())
+    state, _, _ = clip_weights.read_clip_state_dict(folder)
+    save_file({k: v for k, v in state.items() if k.startswith("text_model.")},
+              str(sd / "text_encoder" / "model.safetensors"))
+    text_config = json.loads((tmp_path / "clip" / "config.json").read_text())["text_config"]
+    (sd / "text_encoder" / "config.json").write_text(json.dumps({**text_config, "model_type": "clip_text_model",
+                                                                "architectures": ["CLIPTextModel"]}))
+    config = configs.get_config("smoke")
+    config.cxr_irgen.prepared_dir = run["workdir"]
+    config.cxr_irgen.clip.pretrained = str(sd / "text_encoder")
+    with pytest.raises(ValueError, match="has no vision tower.*reference_image=False"):
+        CxrIRGenTask(config, str(tmp_path / "work"))
+    config.cxr_irgen.reference_image = False
+    task = CxrIRGenTask(config, str(tmp_path / "work"))
+    assert task.clip.vision is None and task.clip.text.projection_dim is None
+    assert task.prompt_tokenizer.source == str(sd / "tokenizer" / "vocab.json")
+    labels = np.full((14,), np.nan, np.float32)
+    labels[2] = 1.0
+    inputs, _ = sampling.condition_inputs(task, labels[None], [0])
+    np.testing.assert_array_equal(inputs["prompt_ids"][0], bpe.encode_flat(label_prompt(labels), 40)[0])
+
+    config.cxr_irgen.reference_image = True
+    for name in ("vocab.json", "merges.txt"):
+        os.remove(tmp_path / "clip" / name)
+    config.cxr_irgen.clip.pretrained = folder
+    with pytest.raises(FileNotFoundError, match=f"cxr_irgen.clip.pretrained={folder}: .*vocab.json \\+ merges.txt"):
+        stages.prompt_tokenizer(config, None, 40)
+    os.remove(tmp_path / "clip" / "config.json")
+    with pytest.raises(FileNotFoundError, match="cxr_irgen.clip.pretrained=.*model.safetensors: no config.json"):
+        stages.clip_model(config, 0)
+    os.remove(tmp_path / "clip" / "model.safetensors")
+    (tmp_path / "clip" / "pytorch_model.bin").write_bytes(b"never unpickled")
+    with pytest.raises(FileNotFoundError, match="cxr_irgen.clip.pretrained=.*only safetensors are read"):
+        stages.clip_model(config, 0)
+    config.cxr_irgen.clip.pretrained = str(tmp_path / "clip" / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="pytorch_model.bin: not a .safetensors file; pickled"):
+        stages.clip_model(config, 0)
+
+
+def test_pretrained_clip_sees_resized_rgb_clip_normalised_references(tmp_path):
+    from xray_gen.nn import clip as clip_nn
+
+    folder, _, _ = _pretrained_clip(tmp_path / "clip")
+    config = configs.get_config("smoke")
+    grey = np.full((2, 32, 32, 1), 255, np.uint8)
+    net = stages.clip_model(config, 120)
+    np.testing.assert_array_equal(stages.clip_images(config, net, grey), np.ones((2, 32, 32, 1)))  # trained here
+    config.cxr_irgen.clip.pretrained = folder
+    net = stages.clip_model(config, 120)
+    pixels = np.asarray(stages.clip_images(config, net, grey))
+    assert pixels.shape == (2, 16, 16, 3)
+    np.testing.assert_allclose(pixels[0, 5, 7], (1 - np.asarray(clip_nn.CLIP_MEAN)) / np.asarray(clip_nn.CLIP_STD),
+                               rtol=1e-5)

@@ -21,7 +21,7 @@ given: `clip_pixels` converts [-1, 1] images to CLIP's normalisation for importe
 
 Tokenisation: models trained here use the project's SentencePiece `ReportTokenizer` (pool at its
 EOS id 3: `text_config("tiny", vocab_size=tok.vocab_size)`). Imported CLIP text weights need CLIP's
-BPE ids: pass pre-tokenised ids (`clip_weights.load_clip_tokenizer` reads a `tokenizer.json`).
+BPE ids: `clip_weights.load_clip_tokenizer` reads its vocab.json + merges.txt (`xray_gen.data.bpe`).
 
     model = CLIP(text=text_config("tiny"), vision=vision_config("tiny"))
     params = model.init(rng, ids=ids, mask=mask, images=x)["params"]

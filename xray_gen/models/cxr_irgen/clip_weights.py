@@ -16,22 +16,27 @@ Errors name the transformers key and the file.
 
     model, params = load_clip("sd/text_encoder")          # config.json beside the weights
     tokens, pooled = model.apply({"params": params}, ids, method=model.encode_text)
-    tok = CLIPTokenizer("sd/tokenizer/tokenizer.json")     # needs the `tokenizers` package
+    tok = load_clip_tokenizer("sd/text_encoder")           # sd/tokenizer/: vocab.json + merges.txt
     ids, mask = tok(["A chest X ray image with cardiomegaly"])
+
+`CLIPTokenizer` is `xray_gen.data.bpe`'s (plain Python). `save_transformers_clip` is the inverse of
+`load_clip` for a two-tower CLIP (tests build pretrained-looking folders with it).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from xray_gen.models.cxr_irgen.weights import ConfigLike, convert_state_dict, read_config, read_safetensors
+from xray_gen.data.bpe import TOKENIZER_FILES, CLIPTokenizer
+from xray_gen.models.cxr_irgen.weights import (ConfigLike, convert_state_dict, read_config, read_safetensors,
+                                                to_state_dict)
 from xray_gen.nn.clip import CLIP, CLIPTextConfig, CLIPVisionConfig
 
 __all__ = [
@@ -41,8 +46,13 @@ __all__ = [
     "clip_param_shapes",
     "convert_clip_state_dict",
     "read_clip_state_dict",
+    "clip_model_of",
     "load_clip",
     "CLIPTokenizer",
+    "clip_tokenizer_folder",
+    "load_clip_tokenizer",
+    "clip_config_to_transformers",
+    "save_transformers_clip",
 ]
 
 WEIGHTS_NAME = "model.safetensors"
@@ -64,8 +74,8 @@ _LEGACY_EOS = 2  # transformers' marker for configs predating a correct eos_toke
 # ------------------------------------------------------------------------------------------------
 
 
-def read_clip_state_dict(path_or_dir: Union[str, os.PathLike]) -> Tuple[Dict[str, np.ndarray], str, Optional[str]]:
-    """({key: array}, weights description, config.json path or None) from a folder or a file."""
+def _clip_files(path_or_dir: Union[str, os.PathLike]) -> Tuple[List[str], str, Optional[str]]:
+    """(safetensors files, weights description, config.json path or None) of a folder or a file."""
     path = os.fspath(path_or_dir)
     if os.path.isdir(path):
         index = os.path.join(path, INDEX_NAME)
@@ -73,17 +83,14 @@ def read_clip_state_dict(path_or_dir: Union[str, os.PathLike]) -> Tuple[Dict[str
         config = os.path.join(path, "config.json")
         config = config if os.path.exists(config) else None
         if os.path.exists(single):
-            return read_safetensors(single), single, config
+            return [single], single, config
         if os.path.exists(index):
             with open(index, encoding="utf-8") as f:
                 try:
                     weight_map = json.load(f)["weight_map"]
                 except (json.JSONDecodeError, KeyError) as e:
                     raise ValueError(f"{index}: not a safetensors index with a 'weight_map' ({e})") from e
-            state: Dict[str, np.ndarray] = {}
-            for shard in sorted(set(weight_map.values())):
-                state.update(read_safetensors(os.path.join(path, shard)))
-            return state, index, config
+            return [os.path.join(path, shard) for shard in sorted(set(weight_map.values()))], index, config
         raise FileNotFoundError(f"{path}: no {WEIGHTS_NAME} or {INDEX_NAME} (found {sorted(os.listdir(path))}); "
                                 "only safetensors are read; convert pickled .bin files with a trusted tool first")
     if not path.endswith(".safetensors"):
@@ -91,7 +98,35 @@ def read_clip_state_dict(path_or_dir: Union[str, os.PathLike]) -> Tuple[Dict[str
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
     config = os.path.join(os.path.dirname(path), "config.json")
-    return read_safetensors(path), path, config if os.path.exists(config) else None
+    return [path], path, config if os.path.exists(config) else None
+
+
+def read_clip_state_dict(path_or_dir: Union[str, os.PathLike]) -> Tuple[Dict[str, np.ndarray], str, Optional[str]]:
+    """({key: array}, weights description, config.json path or None) from a folder or a file."""
+    files, source, config = _clip_files(path_or_dir)
+    state: Dict[str, np.ndarray] = {}
+    for file in files:
+        state.update(read_safetensors(file))
+    return state, source, config
+
+
+def clip_model_of(path_or_dir: Union[str, os.PathLike]) -> CLIP:
+    """The (unloaded) CLIP module of a transformers folder or file: its config.json, and which
+    projections exist from the weight names (read from the safetensors headers, not the tensors)."""
+    from safetensors import safe_open
+
+    files, source, config = _clip_files(path_or_dir)
+    if config is None:
+        raise FileNotFoundError(f"{source}: no config.json beside it (the architecture is read from it)")
+    keys = []
+    for file in files:
+        try:
+            with safe_open(file, framework="numpy") as f:
+                keys.extend(f.keys())
+        except Exception as e:  # safetensors raises its own error types for bad headers
+            raise ValueError(f"{file}: not a readable safetensors file ({e})") from e
+    text, vision = clip_configs_from_transformers(config, keys=keys)
+    return CLIP(text=text, vision=vision)
 
 
 def _supported_act(cfg: Mapping[str, Any], where: str) -> str:
@@ -266,54 +301,66 @@ def load_clip(path_or_dir: Union[str, os.PathLike], config: Union[CLIP, ConfigLi
 
 
 # ------------------------------------------------------------------------------------------------
-# Tokenizer for imported text weights
+# Tokenizer of imported text weights
 # ------------------------------------------------------------------------------------------------
 
 
-class CLIPTokenizer:
-    """CLIP's BPE from a Hugging Face `tokenizer.json` (e.g. SD's `tokenizer/` folder), via the
-    optional `tokenizers` package; the file must add CLIP's <|startoftext|>/<|endoftext|> itself
-    (transformers' CLIPTokenizerFast files do).
+def clip_tokenizer_folder(path_or_dir: Union[str, os.PathLike]) -> str:
+    """Where a CLIP folder's BPE files are: the folder itself (openai/clip-vit-* snapshots) or its
+    sibling `tokenizer/` (a Stable Diffusion pipeline's `text_encoder/` beside `tokenizer/`)."""
+    path = os.fspath(path_or_dir)
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    sibling = os.path.join(os.path.dirname(os.path.abspath(folder)), "tokenizer")
+    for candidate in (folder, sibling):
+        if any(all(os.path.exists(os.path.join(candidate, f)) for f in files) for files in TOKENIZER_FILES):
+            return candidate
+    raise FileNotFoundError(f"{path}: no vocab.json + merges.txt (or tokenizer.json) in it or in ../tokenizer "
+                            "(Stable Diffusion's layout); a pretrained CLIP text encoder needs its own BPE files")
 
-    `__call__(texts) -> (ids int32 (B, max_length), mask float32 (B, max_length))`: truncated keeping
-    <|endoftext|> last, padded with `pad_token` (CLIP pads with <|endoftext|>; the mask tells them
-    apart). Models trained here use the project's `ReportTokenizer` instead.
-    """
 
-    def __init__(self, path: Union[str, os.PathLike], max_length: int = 77, eos_token: str = "<|endoftext|>",
-                 pad_token: Optional[str] = None):
-        try:
-            from tokenizers import Tokenizer
-        except ImportError as e:
-            raise ImportError("CLIPTokenizer needs the 'tokenizers' package (pip install tokenizers), or pass "
-                              "pre-tokenised CLIP ids to CLIP.encode_text") from e
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            path = os.path.join(path, "tokenizer.json")
-        try:
-            self._tok = Tokenizer.from_file(path)
-        except Exception as e:  # tokenizers raises its own exception type on bad files
-            raise ValueError(f"{path}: not a readable tokenizer.json ({e})") from e
-        self._tok.no_padding()
-        self._tok.no_truncation()
-        self.eos_id = self._tok.token_to_id(eos_token)
-        if self.eos_id is None:
-            raise ValueError(f"{path}: has no {eos_token!r} token; is it a CLIP tokenizer?")
-        pad = eos_token if pad_token is None else pad_token
-        self.pad_id = self._tok.token_to_id(pad)
-        if self.pad_id is None:
-            raise ValueError(f"{path}: has no pad token {pad!r}")
-        self.max_length = int(max_length)
+def load_clip_tokenizer(path_or_dir: Union[str, os.PathLike], max_length: int = 77) -> CLIPTokenizer:
+    """The BPE tokenizer that goes with the CLIP weights at `path_or_dir` (see `clip_tokenizer_folder`)."""
+    return CLIPTokenizer(clip_tokenizer_folder(path_or_dir), max_length=max_length)
 
-    def __call__(self, texts: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
-        if isinstance(texts, str):
-            texts = [texts]
-        ids = np.full((len(texts), self.max_length), self.pad_id, np.int32)
-        mask = np.zeros((len(texts), self.max_length), np.float32)
-        for i, enc in enumerate(self._tok.encode_batch(list(texts))):
-            row = list(enc.ids)
-            if len(row) > self.max_length:
-                row = row[: self.max_length - 1] + [self.eos_id]
-            ids[i, : len(row)] = row
-            mask[i, : len(row)] = 1.0
-        return ids, mask
+
+# ------------------------------------------------------------------------------------------------
+# Export (the inverse: our Flax CLIP -> a transformers CLIPModel folder)
+# ------------------------------------------------------------------------------------------------
+
+
+def _tower_to_transformers(c: Union[CLIPTextConfig, CLIPVisionConfig]) -> Dict[str, Any]:
+    out = {"hidden_size": c.width, "num_hidden_layers": c.layers, "num_attention_heads": c.heads,
+           "intermediate_size": c.mlp_dim, "hidden_act": c.act, "layer_norm_eps": c.layer_norm_eps}
+    if isinstance(c, CLIPTextConfig):
+        eos = _LEGACY_EOS if c.eos_token_id is None else c.eos_token_id  # 2: pool at the highest id
+        return {**out, "vocab_size": c.vocab_size, "max_position_embeddings": c.max_length, "eos_token_id": eos}
+    return {**out, "image_size": c.image_size, "patch_size": c.patch_size, "num_channels": c.num_channels}
+
+
+def clip_config_to_transformers(model: CLIP) -> Dict[str, Any]:
+    """transformers' CLIPConfig (config.json) of a two-tower CLIP with projections."""
+    if not model.has_logit_scale:
+        raise ValueError("save_transformers_clip writes a CLIPModel: both towers with a projection_dim are needed")
+    return {"architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": model.text.projection_dim,
+            "text_config": _tower_to_transformers(model.text), "vision_config": _tower_to_transformers(model.vision)}
+
+
+def save_transformers_clip(folder: Union[str, os.PathLike], params: Mapping[str, Any], model: CLIP) -> str:
+    """Writes `params` of a two-tower `model` as a transformers CLIPModel folder (model.safetensors
+    + config.json), read back by `load_clip` and by transformers' `CLIPModel.from_pretrained`."""
+    from safetensors.numpy import save_file
+
+    config = clip_config_to_transformers(model)
+    state = {}
+    for key, value in to_state_dict(params, indexed=frozenset({"layers", "to_out"})).items():
+        if key.endswith(".embedding"):  # nn.Embed tables: transformers' Embedding.weight
+            key = key[: -len("embedding")] + "weight"
+        for theirs, ours in _RENAMES.items():
+            key = key.replace(ours, theirs)
+        state[key] = value
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    save_file(state, os.path.join(folder, WEIGHTS_NAME))
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    return folder

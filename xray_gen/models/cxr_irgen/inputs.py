@@ -7,7 +7,8 @@ reference images as grain transforms.
 - `training_labels(source)` is the (N, 14) label matrix behind the `ReferenceIndex`; on the
   phantom it is read from the report generator without rendering a single image.
 - `CxrInputs` (a grain RandomMap) turns an example into the model's inputs: the frontal view
-  (uint8), `prompt_ids/mask` of `label_prompt(labels)`, `report_ids/mask` of the report, and a
+  (uint8), `prompt_ids/mask` of `label_prompt(labels)` (by `prompt_tokenizer`: a pretrained
+  CLIP's BPE, else the report tokenizer), `report_ids/mask` of the report, and a
   `reference` image (uint8) with `reference_flag` (0 where no training image matches: the caller
   uses a zero embedding, as the paper does).
 """
@@ -117,7 +118,7 @@ class ReferenceImages:
 class CxrInputs(grain.transforms.RandomMap):
     """Study example -> model inputs (see the module doc). `prompt_len` / `report_len` 0 leave the
     prompt / report out; `references` None leaves the reference image out; `images` False drops
-    the image views (text-only stages)."""
+    the image views (text-only stages); `prompt_tokenizer` None: `tokenizer` encodes the prompt too."""
 
     tokenizer: Any
     resolution: int
@@ -127,6 +128,7 @@ class CxrInputs(grain.transforms.RandomMap):
     references: Optional[ReferenceImages] = None
     images: bool = True
     uncertain_as: float = 1.0
+    prompt_tokenizer: Any = None
 
     def random_map(self, ex: dict, rng: np.random.Generator) -> dict:
         out = {}
@@ -134,7 +136,8 @@ class CxrInputs(grain.transforms.RandomMap):
             out = ToModelInputs(views=("frontal",), resolution=self.resolution, uncertain_as=self.uncertain_as).map(ex)
         labels = np.asarray(ex["labels"], np.float32) if "labels" in ex else None
         if self.prompt_len:
-            out["prompt_ids"], out["prompt_mask"] = self.tokenizer.encode_flat(label_prompt(labels), self.prompt_len)
+            prompts = self.prompt_tokenizer or self.tokenizer
+            out["prompt_ids"], out["prompt_mask"] = prompts.encode_flat(label_prompt(labels), self.prompt_len)
         if self.report_len:
             out["report_ids"], out["report_mask"] = self.tokenizer.encode_flat(report_text(ex, self.sections),
                                                                                 self.report_len)

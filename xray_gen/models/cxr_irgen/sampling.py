@@ -113,7 +113,7 @@ def condition_inputs(task, raw_labels: np.ndarray, seeds) -> tuple[dict, list]:
     ids, masks, refs, flags, chosen = [], [], [], [], []
     references = task.references() if x.reference_image else None
     for labels, seed in zip(raw_labels, seeds):
-        i, m = task.tokenizer.encode_flat(label_prompt(labels), x.prompt_len)
+        i, m = task.prompt_tokenizer.encode_flat(label_prompt(labels), task.prompt_len)
         ids.append(i)
         masks.append(m)
         j = None

@@ -4,7 +4,8 @@ sub-directory by `CxrIRGenTask.prepare()` (in this order):
 1. `AutoencoderTask`  KL autoencoder: L1 (or L2) reconstruction + kl_weight * KL per pixel; after
    training the latents' mean (the shift) and scale are measured from data (`measure_latent_stats`).
 2. `ClipTask`         CLIP dual encoder on (frontal image, label prompt) pairs with clip_loss;
-   identical prompts in a batch count as matches.
+   identical prompts in a batch count as matches. `cxr_irgen.clip.pretrained` (a transformers
+   CLIP folder) replaces it: loaded, never trained, its prompts tokenised by its own BPE.
 3. `TextAutoencoderTask`  language stage 1: BART encoder -> pooled text vector -> BART decoder
    reconstructing the report (cross-entropy on real tokens only).
 4. `PriorTask`        language stage 2: ViT over the frozen autoencoder's scaled latents predicting
@@ -31,7 +32,7 @@ from absl import logging
 from xray_gen.data import augment as aug
 from xray_gen.data.pipeline import ToModelInputs, make_loader, open_split
 from xray_gen.files import atomic_open
-from xray_gen.models.cxr_irgen import language, weights
+from xray_gen.models.cxr_irgen import clip_weights, language, weights
 from xray_gen.models.cxr_irgen.inputs import CxrInputs, IndexedSource, ReportSource, label_groups
 from xray_gen.nn import clip as clip_nn
 from xray_gen.nn.autoencoder_kl import AutoencoderKL, VAEConfig
@@ -101,7 +102,26 @@ def latent_side(config) -> int:
     return config.data.resolution // factor
 
 
+def pretrained_clip(config) -> str:
+    """The transformers CLIP folder named by `cxr_irgen.clip.pretrained` ('' : train one here)."""
+    return config.cxr_irgen.clip.get("pretrained", "") or ""
+
+
+def _from_pretrained_clip(config, load, *args):
+    """`load(folder, *args)` with errors prefixed by the config field that named the folder."""
+    path = pretrained_clip(config)
+    try:
+        return load(path, *args)
+    except (OSError, ValueError) as e:
+        kind = FileNotFoundError if isinstance(e, OSError) else ValueError
+        raise kind(f"cxr_irgen.clip.pretrained={path}: {e}") from e
+
+
 def clip_model(config, vocab_size: int) -> clip_nn.CLIP:
+    """The CLIP stage's module: a pretrained folder's architecture, else text over the report
+    tokenizer's `vocab_size` ids and a grey ViT at data.resolution, sized by `cxr_irgen.clip`."""
+    if pretrained_clip(config):
+        return _from_pretrained_clip(config, clip_weights.clip_model_of)
     k, res = config.cxr_irgen.clip, config.data.resolution
     if res % k.patch_size:
         raise ValueError(f"cxr_irgen.clip.patch_size={k.patch_size} does not divide data.resolution={res}")
@@ -110,6 +130,44 @@ def clip_model(config, vocab_size: int) -> clip_nn.CLIP:
     vision = clip_nn.vision_config("tiny", image_size=res, patch_size=k.patch_size, num_channels=1, width=k.width,
                                    layers=k.layers, heads=k.heads, mlp_dim=4 * k.width, projection_dim=k.projection_dim)
     return clip_nn.CLIP(text=text, vision=vision)
+
+
+def load_pretrained_clip(config, net: clip_nn.CLIP):
+    """Params of `net` (= `clip_model(config, ...)`) from `cxr_irgen.clip.pretrained`."""
+    return _from_pretrained_clip(config, lambda path: clip_weights.load_clip(path, net)[1])
+
+
+def prompt_tokenizer(config, tokenizer, length: int):
+    """The label prompt's tokenizer: a pretrained CLIP's own BPE (in its folder, or SD's sibling
+    tokenizer/), padded to `length`; else the report tokenizer the other stages share."""
+    if pretrained_clip(config):
+        return _from_pretrained_clip(config, clip_weights.load_clip_tokenizer, length)
+    return tokenizer
+
+
+def clip_init_inputs(net: clip_nn.CLIP) -> dict:
+    """Zeros shaped like one example of `net`'s inputs (for init): the text length, the image size."""
+    out = {}
+    if net.text is not None:
+        n = net.text.max_length
+        out.update(ids=jnp.zeros((1, n), jnp.int32), mask=jnp.ones((1, n)))
+    if net.vision is not None:
+        v = net.vision
+        out["images"] = jnp.zeros((1, v.image_size, v.image_size, v.num_channels))
+    return out
+
+
+def clip_images(config, net: clip_nn.CLIP, images):
+    """uint8 (B, R, R, 1) -> the vision tower's input: [-1, 1] grey for a CLIP trained here; for a
+    pretrained one, what it saw in training: grey repeated into RGB, resized (bicubic) to its
+    image_size and normalised with CLIP's mean/std."""
+    x = aug.to_float(images)
+    if not pretrained_clip(config):
+        return x
+    size = net.vision.image_size
+    if x.shape[1:3] != (size, size):
+        x = jnp.clip(jax.image.resize(x, (x.shape[0], size, size, x.shape[-1]), "bicubic"), -1.0, 1.0)
+    return clip_nn.clip_pixels(x)
 
 
 def report_model(config, vocab_size: int) -> language.ReportAutoencoder:
@@ -256,6 +314,8 @@ def measure_latent_stats(config, ae_params, directory: str, num_images: int) -> 
 
 
 class ClipTask(StageTask):
+    """Trained on the report tokenizer's prompt ids; a pretrained CLIP is loaded instead (task._stage)."""
+
     stage = "clip"
 
     def __init__(self, config, tokenizer):
@@ -263,13 +323,11 @@ class ClipTask(StageTask):
         self.net = clip_model(config, tokenizer.vocab_size)
 
     def init_params(self, rng):
-        r, n = self.main.data.resolution, self.main.cxr_irgen.prompt_len
-        return self.net.init(rng, ids=jnp.zeros((1, n), jnp.int32), mask=jnp.ones((1, n)),
-                             images=jnp.zeros((1, r, r, 1)))["params"]
+        return self.net.init(rng, **clip_init_inputs(self.net))["params"]
 
     def loss(self, params, batch, rng):
         out = self.net.apply({"params": params}, batch["prompt_ids"], batch["prompt_mask"],
-                             aug.to_float(batch["frontal"]))
+                             clip_images(self.main, self.net, batch["frontal"]))
         loss = clip_nn.clip_loss(out["text"][1], out["image"][1], out["logit_scale"], groups=label_groups(batch["labels"]))
         return loss, {"logit_scale": jnp.exp(out["logit_scale"])}
 

@@ -63,12 +63,23 @@ class CxrIRGenTask(loop.Task):
         vocab = self.tokenizer.vocab_size
         self.vae = AutoencoderKL(stages.vae_config(config))
         self.clip = stages.clip_model(config, vocab)
+        if self.clip.text is None or (x.reference_image and self.clip.vision is None):
+            missing = "text" if self.clip.text is None else "vision"
+            raise ValueError(f"cxr_irgen.clip.pretrained={stages.pretrained_clip(config)} has no {missing} tower; the "
+                             "prompt needs a text one and the reference image a vision one: use a full CLIPModel "
+                             "folder (e.g. openai/clip-vit-large-patch14) or --config.cxr_irgen.reference_image=False")
+        # The label prompt's ids: CLIP's own BPE for a pretrained CLIP, at its text length (77).
+        self.prompt_len = self.clip.text.max_length
+        self.prompt_tokenizer = stages.prompt_tokenizer(config, self.tokenizer, self.prompt_len)
         self.text_model = stages.report_model(config, vocab)
         self.prior = stages.prior_model(config, vocab)
         side, ch = stages.latent_side(config), stages.vae_config(config).latent_channels
         self.latent_shape = (side, side, ch)
-        width = self.clip.text.width
-        emb = self.clip.text.projection_dim
+        width = self.clip.text.width  # the text token states' (the U-Net's context)
+        emb = self.clip.text.projection_dim or width  # the pooled text embedding's (the U-ViT's context)
+        image_dim = (self.clip.vision.projection_dim or self.clip.vision.width) if x.reference_image else None
+        clip_source = (f"cxr_irgen.clip.pretrained={stages.pretrained_clip(config)}" if stages.pretrained_clip(config)
+                       else "cxr_irgen.clip")
         if x.compute_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"cxr_irgen.compute_dtype={x.compute_dtype!r} is not one of ('float32', 'bfloat16')")
         numerics = dict(dtype=jnp.dtype(x.compute_dtype), remat=bool(x.remat))
@@ -76,9 +87,10 @@ class CxrIRGenTask(loop.Task):
         if accum < 1 or config.train.batch_size % accum:
             raise ValueError(f"train.grad_accum_steps={accum} must divide train.batch_size={config.train.batch_size}")
         if x.backbone == "unet":
-            if x.reference_image and emb != width:
-                raise ValueError(f"cxr_irgen.clip.projection_dim={emb} must equal cxr_irgen.clip.width={width} for the "
-                                 "U-Net: the reference embedding is one more token among the text token states")
+            if x.reference_image and image_dim != width:
+                raise ValueError(f"{clip_source}: the image embedding's width {image_dim} (projection_dim) must equal "
+                                 f"the text width {width} for the U-Net: the reference embedding is one more token "
+                                 "among the text token states")
             u = x.unet
             if self.pretrained_unet():
                 ucfg = weights.unet_config_from_diffusers(self.pretrained_unet())
@@ -90,7 +102,7 @@ class CxrIRGenTask(loop.Task):
                         raise ValueError(
                             f"cxr_irgen.unet.pretrained={self.pretrained_unet()}: its {field} is {got[field]}, this "
                             f"pipeline needs {need[field]} (latent channels of the autoencoder; "
-                            "cross_attention_dim = cxr_irgen.clip.width)")
+                            f"cross_attention_dim = the text width of {clip_source})")
             else:
                 ucfg = UNetConfig(in_channels=ch, out_channels=ch, block_out_channels=tuple(u.block_out_channels),
                                   cross_attn=tuple(u.cross_attn), layers_per_block=u.layers_per_block,
@@ -100,6 +112,9 @@ class CxrIRGenTask(loop.Task):
                 raise ValueError(f"latent side {side} is not a multiple of the U-Net's downsampling factor "
                                  f"{self.denoiser.config.downsampling_factor} (cxr_irgen.unet.block_out_channels)")
         else:
+            if x.reference_image and image_dim != emb:
+                raise ValueError(f"{clip_source}: the image embedding's width {image_dim} differs from the pooled "
+                                 f"text embedding's {emb}; the U-ViT averages them")
             if self.pretrained_unet():
                 raise ValueError("cxr_irgen.unet.pretrained is set but cxr_irgen.backbone is 'uvit': "
                                  "use --config.cxr_irgen.backbone=unet (or a unet variant)")
@@ -133,10 +148,12 @@ class CxrIRGenTask(loop.Task):
 
     def _stage(self, name: str, train: bool):
         """(task, params) of a stage, trained first (resumably) when `train`; a pretrained
-        autoencoder (`cxr_irgen.autoencoder.pretrained`) is loaded, never trained."""
+        autoencoder or CLIP (`cxr_irgen.{autoencoder,clip}.pretrained`) is loaded, never trained."""
         c, tok = self.config, self.tokenizer
         if name == "autoencoder" and stages.pretrained_vae(c):
             return None, weights.load_diffusers_vae(stages.pretrained_vae(c))
+        if name == "clip" and stages.pretrained_clip(c):
+            return None, stages.load_pretrained_clip(c, self.clip)
         if name == "prior":
             ae = self._stage("autoencoder", False)[1]
             text = self._stage("language", False)[1]
@@ -177,7 +194,7 @@ class CxrIRGenTask(loop.Task):
         for name in stages.STAGES:
             if name == "prior":
                 self._latent_stats = self.latent_stats()
-            self._stage(name, train=True)  # a pretrained autoencoder is loaded, never trained (_stage)
+            self._stage(name, train=True)  # a pretrained autoencoder or CLIP is loaded, never trained (_stage)
         self.classifier().train()
 
     def frozen(self) -> dict:
@@ -209,7 +226,8 @@ class CxrIRGenTask(loop.Task):
         tokens, pooled = self.clip.apply({"params": clip_params}, prompt_ids, prompt_mask, method=self.clip.encode_text)
         image = None
         if self.config.cxr_irgen.reference_image:
-            _, image = self.clip.apply({"params": clip_params}, aug.to_float(reference), method=self.clip.encode_image)
+            pixels = stages.clip_images(self.config, self.clip, reference)
+            _, image = self.clip.apply({"params": clip_params}, pixels, method=self.clip.encode_image)
             image = image * reference_flag[:, None].astype(image.dtype)  # no reference: zero embedding
         if self.config.cxr_irgen.backbone == "unet":
             mask = prompt_mask.astype(jnp.float32)
@@ -222,7 +240,7 @@ class CxrIRGenTask(loop.Task):
 
     def null_inputs(self, n: int = 1) -> dict:
         """Prompt ids/mask of the empty prompt and a zero reference: the unconditional inputs."""
-        ids, mask = self.tokenizer.encode_flat("", self.config.cxr_irgen.prompt_len)
+        ids, mask = self.prompt_tokenizer.encode_flat("", self.prompt_len)
         r = self.config.data.resolution
         return {"prompt_ids": np.repeat(ids[None], n, 0), "prompt_mask": np.repeat(mask[None], n, 0),
                 "reference": np.zeros((n, r, r, 1), np.uint8), "reference_flag": np.zeros((n,), np.float32)}
@@ -258,9 +276,8 @@ class CxrIRGenTask(loop.Task):
         return state.replace(params=jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), params, state.params))
 
     def _clip_shapes(self):
-        n, r = self.config.cxr_irgen.prompt_len, self.config.data.resolution
-        return jax.eval_shape(lambda: self.clip.init(jax.random.PRNGKey(0), ids=jnp.zeros((1, n), jnp.int32),
-                                                     mask=jnp.ones((1, n)), images=jnp.zeros((1, r, r, 1)))["params"])
+        inputs = stages.clip_init_inputs(self.clip)
+        return jax.eval_shape(lambda: self.clip.init(jax.random.PRNGKey(0), **inputs)["params"])
 
     def encode_latents(self, ae_params, images_uint8, rng, state):
         """uint8 images -> the denoiser's latents (a posterior sample, or its mode when rng is None)."""
@@ -299,8 +316,9 @@ class CxrIRGenTask(loop.Task):
     def train_loader(self):
         c, x = self.config, self.config.cxr_irgen
         self.frozen()  # host-side, before the loop traces the step (which closes over them)
-        t = CxrInputs(self.tokenizer, c.data.resolution, prompt_len=x.prompt_len,
-                      references=self.references() if x.reference_image else None, uncertain_as=c.data.uncertain_as)
+        t = CxrInputs(self.tokenizer, c.data.resolution, prompt_len=self.prompt_len,
+                      references=self.references() if x.reference_image else None, uncertain_as=c.data.uncertain_as,
+                      prompt_tokenizer=self.prompt_tokenizer)
         return make_loader(IndexedSource(open_split(c.data, "train", views=("frontal",))), [t], c.train.batch_size,
                            seed=c.seed, worker_count=c.data.worker_count)
 

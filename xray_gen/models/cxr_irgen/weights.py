@@ -430,14 +430,15 @@ def unet_config_to_diffusers(config: UNetConfig) -> Dict[str, Any]:
             "freq_shift": config.freq_shift, "sample_size": config.sample_size}
 
 
-def to_state_dict(params: Mapping[str, Any]) -> Dict[str, np.ndarray]:
-    """Flax params -> diffusers {key: array} (HWIO -> OIHW, (in, out) -> (out, in)), float32."""
+def to_state_dict(params: Mapping[str, Any], indexed: frozenset = _INDEXED) -> Dict[str, np.ndarray]:
+    """Flax params -> torch {key: array} (HWIO -> OIHW, (in, out) -> (out, in)), float32; `indexed`:
+    the ModuleList names whose `_<i>` suffix becomes `.<i>` (diffusers' by default)."""
     out = {}
     for path, value in traverse_util.flatten_dict(jax.device_get(params)).items():
         v = np.asarray(value, np.float32)
         if path[-1] == "kernel":
             v = v.transpose(3, 2, 0, 1) if v.ndim == 4 else v.T
-        out[_torch_key(path, _INDEXED)] = np.ascontiguousarray(v)
+        out[_torch_key(path, indexed)] = np.array(v, order="C")  # (not ascontiguousarray: it makes 0-d 1-d)
     return out
 
 
