@@ -2,6 +2,7 @@
 
 import itertools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -369,3 +370,30 @@ def test_label_tags_feed_the_encoder_finding_probabilities_into_the_features():
         encode = jax.jit(lambda v: model.apply(v, images, method=model.encode))
         changed = float(jnp.max(jnp.abs(encode(variables) - encode(moved))))
         assert (changed > 1e-4) == depends, (model.label_tags, changed)
+
+
+def test_hierarchical_report_encoder_reads_words_then_sentences_and_ignores_padding():
+    enc = rn.ReportLSTMEncoder(V, embed_dim=4, hidden=6, hierarchical=True)
+    ids = jnp.array([[[5, 6, EOS], [7, EOS, PAD], [PAD] * 3], [[PAD] * 3] * 3])
+    mask = (ids != PAD).astype(jnp.float32)
+    variables = _params_like(enc, ids, mask)
+    out = jax.jit(enc.apply)(variables, ids, mask)
+    np.testing.assert_array_equal(out[1], 0.0)  # an empty report
+    # by hand: the word LSTM over each sentence's real tokens, the sentence LSTM over their last states
+    p = variables["params"]
+    nn_cell = nn.OptimizedLSTMCell(6)
+    table = p["embedding"]
+
+    def run(cell_params, xs):
+        c = (jnp.zeros((1, 6)), jnp.zeros((1, 6)))
+        for x in xs:
+            c, h = nn_cell.apply({"params": cell_params}, c, x[None])
+        return h[0]
+
+    sentences = [run(p["word_lstm"], [table[t] for t in sent]) for sent in ([5, 6, EOS], [7, EOS])]
+    np.testing.assert_allclose(out[0], run(p["sentence_lstm"], sentences), rtol=1e-5, atol=1e-6)
+    # an empty sentence slot between the two and padding inside the layout change nothing
+    moved = jnp.array([[[5, 6, EOS], [PAD] * 3, [7, EOS, PAD]]])
+    np.testing.assert_allclose(enc.apply(variables, moved, (moved != PAD).astype(jnp.float32))[0], out[0], rtol=1e-6)
+    # distributions take the same path as ids
+    np.testing.assert_allclose(enc.apply(variables, jax.nn.one_hot(ids, V), mask), out, rtol=1e-6)

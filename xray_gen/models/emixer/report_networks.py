@@ -365,25 +365,37 @@ def embed_tokens(tokens, embedding):
 class ReportLSTMEncoder(nn.Module):
     """Report (ids or distributions (B, S, W[, V]) + mask (B, S, W)) -> last LSTM hidden state (B, hidden).
 
-    Real tokens of all sentences are packed, in order, into one sequence (the same stable packing
-    as `xray_gen.nn.text.compact`), so padding never reaches the LSTM; an empty report gives zeros.
+    Flat (the default): real tokens of all sentences are packed, in order, into one sequence (the
+    same stable packing as `xray_gen.nn.text.compact`), so padding never reaches the LSTM.
+    `hierarchical`: a word LSTM reads each sentence (all sentences side by side) and a sentence
+    LSTM reads their last states: W + S sequential steps instead of S * W, which is most of a
+    joint step's time on a CPU (the critics read real and generated reports several times a step).
+    An empty report gives zeros either way.
     """
 
     vocab_size: int
     embed_dim: int = 256
     hidden: int = 512
+    hierarchical: bool = False
+
+    def _last_state(self, x, m, name):
+        """Last hidden state of an LSTM over the real steps of x (N, L, E) (m (N, L) marks them)."""
+        perm, lengths = compact(m)
+        x = jnp.take_along_axis(x, perm[..., None], axis=1)
+        cell = nn.OptimizedLSTMCell(self.hidden, name=name)
+        (_, h), _ = nn.RNN(cell, return_carry=True)(x, seq_lengths=lengths)
+        return jnp.where((lengths > 0)[:, None], h, 0.0)
 
     @nn.compact
     def __call__(self, tokens, mask):
         table = self.param("embedding", EMBED_INIT, (self.vocab_size, self.embed_dim))
-        b = mask.shape[0]
-        x = embed_tokens(tokens, table).reshape(b, -1, self.embed_dim)
-        m = mask.reshape(b, -1)
-        perm, lengths = compact(m)
-        x = jnp.take_along_axis(x, perm[..., None], axis=1)
-        cell = nn.OptimizedLSTMCell(self.hidden, name="lstm")
-        (_, h), _ = nn.RNN(cell, return_carry=True)(x, seq_lengths=lengths)
-        return jnp.where((lengths > 0)[:, None], h, 0.0)
+        x = embed_tokens(tokens, table)
+        b, s, w = mask.shape
+        if not self.hierarchical:
+            return self._last_state(x.reshape(b, s * w, self.embed_dim), mask.reshape(b, s * w), "lstm")
+        words = self._last_state(x.reshape(b * s, w, self.embed_dim), mask.reshape(b * s, w), "word_lstm")
+        return self._last_state(words.reshape(b, s, self.hidden), (mask.sum(-1) > 0).astype(mask.dtype),
+                                "sentence_lstm")
 
 
 class ReportDiscriminator(nn.Module):
@@ -392,10 +404,11 @@ class ReportDiscriminator(nn.Module):
     vocab_size: int
     embed_dim: int = 256
     hidden: int = 512
+    hierarchical: bool = False
 
     @nn.compact
     def __call__(self, tokens, mask):
-        h = ReportLSTMEncoder(self.vocab_size, self.embed_dim, self.hidden, name="encoder")(tokens, mask)
+        h = ReportLSTMEncoder(self.vocab_size, self.embed_dim, self.hidden, self.hierarchical, name="encoder")(tokens, mask)
         return nn.Dense(1, name="score")(h)[:, 0]
 
 
@@ -414,12 +427,14 @@ class JointDiscriminator(nn.Module):
     hidden: int = 512
     report_dim: int = 256
     spectral_norm: bool = True
+    hierarchical: bool = False
 
     @nn.compact
     def __call__(self, images, tokens, mask, train: bool = False):
         mult, down = d_architecture(images.shape[1], self.channel_multipliers, self.downsample, "JointDiscriminator")
         img = down_stack(images.astype(jnp.float32), self.ch, mult, down, None, self.spectral_norm, train,
                          prefix="image")
-        rep = ReportLSTMEncoder(self.vocab_size, self.embed_dim, self.hidden, name="encoder")(tokens, mask)
+        rep = ReportLSTMEncoder(self.vocab_size, self.embed_dim, self.hidden, self.hierarchical, name="encoder")(tokens,
+                                                                                                          mask)
         rep = nn.Dense(self.report_dim, name="report_proj")(rep)
         return nn.Dense(1, name="score")(jnp.concatenate([img, rep], axis=-1))[:, 0]

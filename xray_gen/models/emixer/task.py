@@ -112,8 +112,12 @@ class EmixerTask(loop.Task):
                                  encoder_init_features=cc.init_features, encoder_small_input=cc.small_input,
                                  encoder_trainable=e.encoder_trainable, label_tags=e.get("label_tags", False),
                                  sentence_feedback=e.get("sentence_feedback", False))
-        self.D_report = ReportDiscriminator(vocab, e.report_embed_dim, e.report_hidden)
-        self.D_joint = JointDiscriminator(vocab, ch=e.joint_ch, embed_dim=e.report_embed_dim, hidden=e.report_hidden)
+        if e.get("report_encoder", "flat") not in ("flat", "hierarchical"):
+            raise ValueError(f"emixer.report_encoder={e.report_encoder!r} is not one of ('flat', 'hierarchical')")
+        hier = e.get("report_encoder", "flat") == "hierarchical"
+        self.D_report = ReportDiscriminator(vocab, e.report_embed_dim, e.report_hidden, hierarchical=hier)
+        self.D_joint = JointDiscriminator(vocab, ch=e.joint_ch, embed_dim=e.report_embed_dim, hidden=e.report_hidden,
+                                          hierarchical=hier)
         self._encoder_init = None  # F's DenseNet weights from the trained classifier (prepare)
         # G and F share one optimiser state but F (a language model) may use its own Adam settings:
         # with BigGAN's beta1 = 0 and a GAN-sized rate it learns its reports too slowly.
