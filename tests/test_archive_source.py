@@ -141,3 +141,36 @@ def test_malformed_archives_name_the_file_row_and_column(tmp_path):
         ArchiveSource(str(tmp_path), "train")
     with pytest.raises(ValueError, match="accepts 'fractions' and 'seed'"):
         open_split(data_config(directory, '{"split": 1}'), "train")
+
+
+def test_written_archive_reads_back_and_augments_the_real_train_split(tmp_path):
+    """`write_archive` (generated images -> archive) round-trips, and `data.synthetic_dir` appends all
+    of it to the real train split only (the augmentation experiment's training data)."""
+    from xray_gen.configs.default import get_default
+    from xray_gen.data import archive_source
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (5, 16, 16, 1), dtype=np.uint8)
+    labels = np.where(rng.random((5, 14)) < 0.2, np.nan, (rng.random((5, 14)) < 0.4)).astype(np.float32)
+    directory = str(tmp_path / "generated")
+    archive_source.write_archive(directory, images, labels)
+    every = ArchiveSource(directory, "all")
+    assert len(every) == 5
+    for i in range(5):
+        np.testing.assert_array_equal(every[i]["frontal"], images[i, ..., 0])
+        np.testing.assert_array_equal(every[i]["labels"], labels[i])  # NaN (unknown) survives as NaN
+
+    data = get_default().data
+    data.resolution, data.phantom.train_size, data.phantom.validation_size = 16, 7, 3
+    data.synthetic_dir = directory
+    train = open_split(data, "train", views=("frontal",))
+    assert len(train) == 12 and "ArchiveSource" in repr(train) and "PhantomSource" in repr(train)
+    np.testing.assert_array_equal(train[7]["frontal"], images[0, ..., 0])
+    assert train[6]["source"] != "archive" and train[11]["source"] == "archive"
+    assert len(open_split(data, "validation", views=("frontal",))) == 3  # only training data is augmented
+    with pytest.raises(IndexError):
+        train[12]
+    with pytest.raises(ValueError, match="uint8"):
+        archive_source.write_archive(str(tmp_path / "bad"), images.astype(np.float32), labels)
+    with pytest.raises(ValueError, match="0, 1 or NaN"):
+        archive_source.write_archive(str(tmp_path / "bad"), images, np.full((5, 14), 0.5, np.float32))

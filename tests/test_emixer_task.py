@@ -115,6 +115,16 @@ def test_evaluate_and_label_fraction_table(trained, tmp_path):
     assert page.count('class="sample"') == min(12, config.eval.num_generated)
     assert "REQUESTED:" in page and "GENERATED REPORT:" in page
     assert "classifier AUROC, generated images vs requested labels" in page
+    # the augmentation experiment: the evaluation classifier vs the same one on real + 16 generated
+    aug_rows = result["augmentation"]["rows"]
+    assert [r["num_synthetic"] for r in aug_rows] == [0] + list(config.eval.augmentation_images)
+    assert aug_rows[0]["num_real"] == aug_rows[1]["num_real"] == config.data.phantom.train_size
+    for row in aug_rows:
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["num_test"] == config.data.phantom.test_size
+        _finite_or_explained(row["macro_auroc"], ["tiny test split"])
+    archive = os.path.join(eval_dir, "augmentation", "aug_16", "synthetic")
+    assert len(os.listdir(os.path.join(archive, "images"))) == 16
+    assert aug_rows[0]["macro_auroc"] != aug_rows[1]["macro_auroc"]  # a second classifier, really trained
 
     # the limited-label table: a second run (same protocol) with 30% of the labels
     from xray_gen.models.emixer.evaluation import compare_label_fractions

@@ -18,6 +18,7 @@ def get_default() -> ml_collections.ConfigDict:
     c.data.source = "phantom"  # phantom | openi | mimic_cxr | chestxray14 | chexpert
     c.data.resolution = 256
     c.data.manual_dir = ""  # your own downloaded copy of a real dataset (never fetched by xray_gen)
+    c.data.synthetic_dir = ""  # a labelled synthetic archive added to the train split (augmentation)
     c.data.data_dir = ""  # where prepared TFDS array_record files go (default: TFDS's)
     # Builder options as a JSON object, e.g. '{"subsets": ["p10"]}' for MIMIC-CXR or
     # '{"split_file": "splits.csv"}' for Open-i (see xray_gen/data/builders/__init__.py).

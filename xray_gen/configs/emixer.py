@@ -79,6 +79,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.sample.beam_size = 0  # 0/1: greedy
     c.sample.seed = 0
     c.eval.num_generated = 1_000
+    # Augmentation experiment (paper Table 1: 100k real + up to 600k generated): the evaluation
+    # classifier retrained on real + N generated images for each N; () skips it.
+    c.eval.augmentation_images = (100_000,)
     return apply_variant(c, variant, {
         "": _paper, "labels30": _labels30, "labels50": _labels50, "cpu": _cpu, "cpu_labels30": _cpu_labels30,
         "smoke": _smoke,
@@ -147,6 +150,7 @@ def _cpu(c):
     e.ema_decay = 0.99
     e.classifier_steps = 600
     c.eval.num_generated = 500
+    c.eval.augmentation_images = (8_000,)  # as many as the real train split
 
 
 def _cpu_labels30(c):
@@ -178,3 +182,4 @@ def _smoke(c):
     e.classifier_steps = 4
     c.sample.num_samples = 4
     c.eval.num_generated = 24
+    c.eval.augmentation_images = (16,)

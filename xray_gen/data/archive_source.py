@@ -11,6 +11,7 @@ model trained on synthetic data is always tested on the *real* test split.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from typing import Any, Sequence
@@ -116,7 +117,7 @@ def _split_index(directory: str, fractions: tuple, seed: int) -> dict[str, Any]:
 
 
 class ArchiveSource:
-    """Random-access view of one split ('train' or 'validation') of a synthetic archive, as
+    """Random-access view of one split ('train', 'validation' or 'all') of a synthetic archive, as
     `Study.to_example()` dicts (frontal only; `resolution` resizes on read, None keeps the PNG's)."""
 
     def __init__(self, directory: str, split: str, fractions: Sequence[float] = (0.9, 0.1), seed: int = 0,
@@ -126,15 +127,16 @@ class ArchiveSource:
                 "a synthetic archive has no 'test' split: GAN-train tests on the REAL test split "
                 "(score the classifier with the real data config's source, split='test')"
             )
-        if split not in ARCHIVE_SPLITS:
-            raise ValueError(f"unknown archive split {split!r}; valid: {', '.join(ARCHIVE_SPLITS)}")
+        if split not in ARCHIVE_SPLITS + ("all",):
+            raise ValueError(f"unknown archive split {split!r}; valid: {', '.join(ARCHIVE_SPLITS + ('all',))}")
         fractions = tuple(float(f) for f in fractions)
         if len(fractions) != 2:
             raise ValueError(f"archive fractions are (train, validation), got {fractions}")
         self.directory, self.split, self.fractions, self.seed = directory, split, fractions, int(seed)
         self.resolution = None if resolution is None else int(resolution)
         self._index = _split_index(directory, fractions, self.seed)
-        self._rows = np.flatnonzero(self._index["fold"] == ARCHIVE_SPLITS.index(split))
+        self._rows = (np.arange(len(self._index["fold"])) if split == "all"  # extra training data (augmentation)
+                      else np.flatnonzero(self._index["fold"] == ARCHIVE_SPLITS.index(split)))
         if len(self._rows) == 0:
             n_patients = len(np.unique(self._index["patient_ids"]))
             raise ValueError(f"synthetic archive {directory!r}: its {n_patients} patient(s) leave the {split!r} split "
@@ -202,3 +204,38 @@ class ArchiveSource:
     def __repr__(self) -> str:  # stable: grain stores it in iterator checkpoints
         return (f"ArchiveSource(directory={self.directory!r}, split={self.split!r}, fractions={self.fractions}, "
                 f"seed={self.seed}, resolution={self.resolution})")
+
+
+def write_archive(directory: str, images: np.ndarray, labels: np.ndarray, patient_ids: Sequence[str] | None = None,
+                  probs: np.ndarray | None = None) -> str:
+    """Writes generated images as an archive this module reads: ``images/NNNNNN.png`` + labels.csv.
+
+    images uint8 (N, H, W[, 1]); labels (N, 14) 0/1 (NaN: unknown, an empty cell); patient_ids
+    default to one synthetic patient per image; probs (N, 14) default to the labels (0 where
+    unknown). Returns the labels.csv path.
+    """
+    from xray_gen.files import atomic_open
+
+    images, labels = np.asarray(images), np.asarray(labels, np.float32)
+    n = len(images)
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] != 1):
+        raise ValueError(f"write_archive: images must be uint8 (N, H, W[, 1]), got {images.dtype} {images.shape}")
+    if labels.shape != (n, len(CHEXPERT_LABELS)):
+        raise ValueError(f"write_archive: labels must be (N={n}, {len(CHEXPERT_LABELS)}), got {labels.shape}")
+    if not np.all(np.isnan(labels) | (labels == 0) | (labels == 1)):
+        raise ValueError("write_archive: labels must be 0, 1 or NaN")
+    probs = np.nan_to_num(labels) if probs is None else np.asarray(probs, np.float32)
+    patient_ids = [f"synthetic_{i:06d}" for i in range(n)] if patient_ids is None else list(patient_ids)
+    os.makedirs(os.path.join(directory, "images"), exist_ok=True)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(REQUIRED_COLUMNS)
+    cell = lambda v: "" if np.isnan(v) else str(int(v))  # noqa: E731
+    for i in range(n):
+        rel = f"images/{i:06d}.png"
+        Image.fromarray(images[i].reshape(images.shape[1:3]), mode="L").save(os.path.join(directory, rel))
+        writer.writerow([patient_ids[i], rel, "", "", ""] + [f"{p:.6g}" for p in probs[i]] + [cell(v) for v in labels[i]])
+    path = os.path.join(directory, LABELS_FILE)
+    with atomic_open(path) as f:
+        f.write(buf.getvalue())
+    return path

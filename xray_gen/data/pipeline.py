@@ -16,7 +16,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-from xray_gen.data.schema import binarize
+from xray_gen.data.schema import NUM_LABELS, binarize
 
 # "archive": a labelled synthetic archive (data/archive_source.py), for training on synthetic data.
 SOURCES = ("phantom", "openi", "mimic_cxr", "chestxray14", "chexpert", "archive")
@@ -70,16 +70,64 @@ class PhantomSource:
         """(findings, impression) of study `index`, without rendering its images."""
         return self.phantom.report(int(index), split=self.split)
 
+    def labels(self, index: int) -> np.ndarray:
+        """Raw labels (14,) of study `index` from its report stream alone (no rendering): the same
+        draws as `Phantom.study`, whose labels come from the same `report.write` call."""
+        from xray_gen.data.phantom import anatomy, findings, report
+
+        rp, rt, _, _, rx = self.phantom._rngs(int(index), self.split)
+        patient = anatomy.sample_patient(rp)
+        return np.asarray(report.write(findings.sample_truth(rt, patient), patient, rx, self.phantom.deid_rate)[2],
+                          np.float32)
+
     def __repr__(self) -> str:  # stable: grain stores it in iterator checkpoints
         return "PhantomSource(split={!r}, size={}, resolution={}, seed={}, deid_rate={}, lateral={})".format(*self._args)
 
 
+def source_labels(source) -> np.ndarray:
+    """(N, 14) raw labels (1 / 0 / -1 / NaN) of every study of `source` (the phantom's without rendering)."""
+    read = source.labels if isinstance(source, PhantomSource) else (lambda i: source[i]["labels"])
+    rows = [np.asarray(read(i), np.float32) for i in range(len(source))]
+    return np.stack(rows) if rows else np.zeros((0, NUM_LABELS), np.float32)
+
+
+class ConcatSource:
+    """Random access over several sources one after another (real + synthetic training data)."""
+
+    def __init__(self, *sources):
+        self.sources = sources
+        self._ends = np.cumsum([len(s) for s in sources])
+
+    def __len__(self) -> int:
+        return int(self._ends[-1]) if len(self._ends) else 0
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range [0, {len(self)})")
+        k = int(np.searchsorted(self._ends, index, side="right"))
+        return self.sources[k][int(index - (self._ends[k - 1] if k else 0))]
+
+    def __repr__(self) -> str:
+        return f"ConcatSource({', '.join(map(repr, self.sources))})"
+
+
 def open_split(data_config, split: str, views: Sequence[str] = ("frontal", "lateral")):
-    """The random-access source named by `data_config.source` for `split`.
+    """The random-access source named by `data_config.source` for `split`; with
+    `data.synthetic_dir` (a labelled synthetic archive) the train split is real + all of it.
 
     `views` lets the phantom skip rendering a view the model never uses; real datasets hold what
     they hold (the pipeline's `ToModelInputs` rejects studies missing a needed view).
     """
+    synthetic = data_config.get("synthetic_dir", "")
+    if split == "train" and synthetic:
+        from xray_gen.data.archive_source import ArchiveSource
+
+        return ConcatSource(_open_real_split(data_config, split, views),
+                            ArchiveSource(synthetic, "all", resolution=data_config.resolution))
+    return _open_real_split(data_config, split, views)
+
+
+def _open_real_split(data_config, split: str, views: Sequence[str]):
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
     name = data_config.source

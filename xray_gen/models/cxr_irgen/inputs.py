@@ -4,7 +4,7 @@ reference images as grain transforms.
 - `IndexedSource` adds `source_index` to every example, so a training example's reference image
   can exclude the example itself (the official loader takes the first match: the image itself).
 - `ReportSource` reads reports only; on the phantom that skips rendering (language stage 1).
-- `training_labels(source)` is the (N, 14) label matrix behind the `ReferenceIndex`; on the
+- `training_labels(source)` (the pipeline's `source_labels`) is the (N, 14) label matrix behind the `ReferenceIndex`; on the
   phantom it is read from the report generator without rendering a single image.
 - `CxrInputs` (a grain RandomMap) turns an example into the model's inputs: the frontal view
   (uint8), `prompt_ids/mask` of `label_prompt(labels)` (by `prompt_tokenizer`: a pretrained
@@ -22,7 +22,8 @@ import grain
 import jax.numpy as jnp
 import numpy as np
 
-from xray_gen.data.pipeline import PhantomSource, ToModelInputs
+from xray_gen.data.pipeline import ToModelInputs
+from xray_gen.data.pipeline import source_labels as training_labels  # noqa: F401  (the pipeline's; kept here for callers)
 from xray_gen.data.schema import NUM_LABELS
 from xray_gen.models.cxr_irgen.conditioning import ReferenceIndex, label_prompt
 
@@ -67,26 +68,6 @@ class ReportSource:
 
     def __repr__(self) -> str:
         return f"ReportSource({self.source!r})"
-
-
-def _phantom_labels(source: PhantomSource, index: int) -> np.ndarray:
-    """Labels of phantom study `index` from its report stream alone (no rendering): the same draws
-    as `Phantom.study`, whose labels come from the same `report.write` call."""
-    from xray_gen.data.phantom import anatomy, findings, report
-
-    rp, rt, _, _, rx = source.phantom._rngs(int(index), source.split)
-    patient = anatomy.sample_patient(rp)
-    return np.asarray(report.write(findings.sample_truth(rt, patient), patient, rx, source.phantom.deid_rate)[2],
-                      np.float32)
-
-
-def training_labels(source) -> np.ndarray:
-    """(N, 14) raw labels (1 / 0 / -1 / NaN) of every study of `source`."""
-    if isinstance(source, PhantomSource):
-        rows = [_phantom_labels(source, i) for i in range(len(source))]
-    else:
-        rows = [np.asarray(source[i]["labels"], np.float32) for i in range(len(source))]
-    return np.stack(rows) if rows else np.zeros((0, NUM_LABELS), np.float32)
 
 
 def report_text(ex: dict, sections: Sequence[str]) -> str:

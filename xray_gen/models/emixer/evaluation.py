@@ -12,9 +12,10 @@ has a real counterpart: the study whose labels conditioned it.
   generated pairs (classifier labels at its Youden thresholds vs the labeler's labels). Each has
   a chance baseline: the same number with the requested labels (or the partner report)
   shuffled across samples, averaged over `CHANCE_PERMUTATIONS` permutations.
-Not done here: the augmentation experiment (a classifier trained on real vs real + synthetic
-images, paper Table 1); `compare_label_fractions` builds the limited-label table (Table 3)
-from evaluated runs.
+- Augmentation (paper Table 1, scaled down; `eval.augmentation_images`, a list of sizes): the
+  evaluation classifier vs the same classifier trained on real + N generated images, both on
+  the real test split (`xray_gen.evaluation.augmentation`).
+`compare_label_fractions` builds the limited-label table (Table 3) from evaluated runs.
 Outputs: eval/emixer_<split>.json (+ protocol) and a self-contained eval/emixer_<split>.html.
 """
 
@@ -30,11 +31,12 @@ import numpy as np
 from absl import logging
 
 from xray_gen.data import augment as aug
-from xray_gen.data.schema import CHEXPERT_LABELS
+from xray_gen.data.schema import CHEXPERT_LABELS, binarize
 from xray_gen.evaluation import fid
 from xray_gen.evaluation.metrics import multilabel_auroc
 from xray_gen.evaluation.text_metrics import label_agreement, nlg_metrics
 from xray_gen.files import atomic_open
+from xray_gen.images import to_uint8
 from xray_gen.models.emixer.sampling import conditioning, decode_reports, generate_batches, load_classifier
 
 CHANCE_PERMUTATIONS = 20
@@ -192,15 +194,43 @@ def final_report(task, state, workdir: str) -> dict:
     real_auroc = _auroc(real["targets"], real["probs"], real["label_mask"])
     metrics["classifier_auroc_real"] = real_auroc.pop("macro")
     per_class["classifier AUROC, real images (reference)"] = real_auroc
-    metrics["not_done"] = ("augmentation experiment (classifier trained on real vs real + synthetic, paper Table 1) "
-                           "is not implemented")
-
     eval_dir = protocol_eval_dir(workdir)
+    sizes = [int(n) for n in c.eval.get("augmentation_images", ())]
+    if sizes:
+        metrics["augmentation"] = _augmentation(task, state, sizes, classifier, os.path.join(eval_dir, "augmentation"))
+        per_class["augmentation: test AUROC per class, real only"] = metrics["augmentation"]["rows"][0]["auroc"]
+        for row in metrics["augmentation"]["rows"][1:]:
+            per_class[f"augmentation: test AUROC per class, {row['dataset']}"] = row["auroc"]
+    else:
+        metrics["not_done"] = "augmentation experiment (paper Table 1) skipped: eval.augmentation_images is empty"
     protocol = model_protocol(c, "emixer+classifier_features", cls_vars["params"], n_gen, c.eval.get("bootstrap", 0))
     result = write_result_json(os.path.join(eval_dir, f"emixer_{c.eval.split}.json"), metrics, protocol)
     _write_html(os.path.join(eval_dir, f"emixer_{c.eval.split}.html"), result, c, gen, gen_reports, real, rows,
                 real_reports, per_class, read_curves(workdir, tags=["train/*"]))
     return metrics
+
+
+def _augmentation(task, state, sizes, classifier, out_dir: str) -> dict:
+    """Paper Table 1 scaled down (`xray_gen.evaluation.augmentation`): the evaluation classifier vs
+    the same classifier trained on real + N generated images, conditioned on training label vectors."""
+    from xray_gen.data.pipeline import open_split, source_labels
+    from xray_gen.evaluation.augmentation import augmentation_experiment
+
+    c = task.config
+    train_labels = source_labels(open_split(c.data, "train", views=("frontal",)))
+    prepared = task.classifier()
+    _, baseline = prepared.load()
+
+    def generate(n):
+        raw = train_labels[np.arange(n) % len(train_labels)]
+        y = conditioning(raw, c.data.uncertain_as)
+        targets, mask = binarize(raw, c.data.uncertain_as)
+        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(c.sample.seed + 1), i))(np.arange(n))
+        images = generate_batches(task, state, y, keys, int(c.eval.batch_size), classifier)["images"]
+        grey = images.mean(-1, keepdims=True) if images.shape[-1] != 1 else images
+        return to_uint8(grey), np.where(mask > 0, np.round(targets), np.nan)
+
+    return augmentation_experiment(prepared.config, baseline, generate, sizes, out_dir)
 
 
 def _write_html(path, result, c, gen, gen_reports, real, rows, real_reports, per_class, curves) -> None:
