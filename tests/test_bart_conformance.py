@@ -164,3 +164,60 @@ def test_pooled_vector_decoding_matches_transformers_generate(tmp_path):
         np.testing.assert_array_equal(got_len, np.sum(want != cfg.pad_token_id, axis=1), err_msg=method)
         lengths = np.asarray(got_len)  # some rows stop early, others run to max_len: both paths are compared
         assert lengths.min() < max_len and lengths.max() == max_len, (method, lengths)
+
+
+def test_export_loads_in_transformers_and_back(tmp_path):
+    """`save_transformers_bart` (our params -> a transformers folder, as the pretrained-BART pipeline
+    test builds one) is read by BartForConditionalGeneration / BartModel.from_pretrained with nothing
+    missing, and gives the same logits; `load_bart` of it is the identity."""
+    import jax
+
+    cfg = bart_weights.bart_config_from_transformers(SIZES)
+    ids, mask, dec = _inputs()
+    params = Bart(cfg).init(jax.random.PRNGKey(0), ids, mask, dec)["params"]
+    params = {**params, "final_logits_bias": 0.1 * jax.random.normal(jax.random.PRNGKey(1), (cfg.vocab_size,))}
+    bart_weights.save_transformers_bart(tmp_path, params, cfg)
+    assert bart_weights.bart_config_of(tmp_path) == cfg
+    back = bart_weights.load_bart(tmp_path)
+    for (path, a), (_, b) in zip(*(sorted(jax.tree_util.tree_leaves_with_path(t), key=lambda x: str(x[0]))
+                                   for t in (params, back))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
+    ref, info = transformers.BartForConditionalGeneration.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    with torch.no_grad():
+        out = ref.eval()(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                         decoder_input_ids=torch.from_numpy(dec))
+    _check("exported bart logits", Bart(cfg).apply({"params": params}, ids, mask, dec), out.logits.numpy())
+    base, info = transformers.BartModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"], info
+
+
+def test_bart_tokenizer_matches_transformers(tmp_path):
+    """xray_gen.data.bart_tokenizer (plain Python) against transformers' BartTokenizer built from the
+    same vocab.json + merges.txt: GPT-2 pre-tokenisation (contractions, digits, punctuation, case,
+    Unicode spaces, accents), merges, <s> ... </s> rows truncated and padded, and decoding."""
+    from test_bart_tokenizer import CHEST, write_bart_tokenizer  # tests/ is on sys.path
+
+    from xray_gen.data.bart_tokenizer import BartTokenizer
+
+    merges = CHEST + [("e", "d"), ("i", "t"), ("'", "s"), ("1", "2"), ("Ġ", "1"), ("Ġ1", "2"), ("Ġ", "H"),
+                      ("ĠH", "e"), ("a", "r"), ("ar", "t"), ("ĠHe", "art")]
+    write_bart_tokenizer(tmp_path, merges)
+    ref = transformers.BartTokenizer(vocab=str(tmp_path / "vocab.json"), merges=str(tmp_path / "merges.txt"))
+    ours = BartTokenizer(tmp_path, max_length=16)
+    odd = ["  MULTIPLE   spaces\tand\nnewlines\n\n", "caf\u00e9 na\u00efve r\u00e9sum\u00e9 \u00bd \u00b2",
+           "a\u3000b \u00a0c\u2028d\x1ce\x85f", "it's IT'S x-ray's 'quoted' 12.5cm 1,000", "\U0001f600 \u4e2d\u6587"]
+    clean = ["A chest X-ray, 2 views: cardiomegaly (mild); no edema.", "Heart 12.5 cm! It's x-ray's #3", "",
+             "X ray", "The heart is normal. No effusion."]
+    for text in odd + clean:
+        want = ref(text, add_special_tokens=False)["input_ids"]
+        assert ours.encode(text) == want, text
+        assert ref.convert_ids_to_tokens(want) == ours.tokenize(text), text
+        assert ours.decode(want) == ref.decode(want, skip_special_tokens=True) == text, text
+    ids, mask = ours(clean)  # encode_flat only collapses whitespace, which these texts have none of
+    expected = ref(clean, padding="max_length", max_length=16, truncation=True, return_tensors="np")
+    np.testing.assert_array_equal(ids, expected["input_ids"])
+    np.testing.assert_array_equal(mask, expected["attention_mask"])
+    assert ids[0, -1] == ours.eos_id and mask[0].all()  # truncated, </s> kept
+    assert (ours.bos_id, ours.pad_id, ours.eos_id, ours.unk_id) == (ref.bos_token_id, ref.pad_token_id,
+                                                                    ref.eos_token_id, ref.unk_token_id)

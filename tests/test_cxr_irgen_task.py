@@ -426,3 +426,113 @@ def test_pretrained_clip_sees_resized_rgb_clip_normalised_references(tmp_path):
     assert pixels.shape == (2, 16, 16, 3)
     np.testing.assert_allclose(pixels[0, 5, 7], (1 - np.asarray(clip_nn.CLIP_MEAN)) / np.asarray(clip_nn.CLIP_STD),
                                rtol=1e-5)
+
+
+def _pretrained_bart(folder, max_positions=64):
+    """A tiny random BART saved as a transformers BartForConditionalGeneration folder (config.json +
+    model.safetensors) with its byte-level BPE files (a facebook/bart-base snapshot's layout):
+    (folder, params, tokenizer)."""
+    from test_bart_tokenizer import CHEST, write_bart_tokenizer  # tests/ is on sys.path
+
+    from xray_gen.data.bart_tokenizer import BartTokenizer
+    from xray_gen.models.cxr_irgen import bart_weights
+    from xray_gen.nn.bart import Bart, bart_config
+
+    vocab = write_bart_tokenizer(folder, CHEST + [("Ġ", "t"), ("h", "e"), ("Ġt", "he")])
+    cfg = bart_config("tiny", vocab_size=len(vocab) + 3, d_model=32, encoder_layers=1, decoder_layers=1,
+                      encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=48, decoder_ffn_dim=48,
+                      max_position_embeddings=max_positions)  # BART's ids: <s>=0 <pad>=1 </s>=2
+    ids = jnp.zeros((1, 4), jnp.int32)
+    params = Bart(cfg).init(jax.random.PRNGKey(7), ids, jnp.ones((1, 4)), ids)["params"]
+    params = {**params, "final_logits_bias": 0.5 * jax.random.normal(jax.random.PRNGKey(8), (cfg.vocab_size,))}
+    bart_weights.save_transformers_bart(folder, params, cfg)
+    return str(folder), params, BartTokenizer(folder)
+
+
+def test_pretrained_transformers_bart_starts_the_language_stage(run, tmp_path):
+    """A transformers BART folder (`cxr_irgen.language.pretrained`) gives the language stage its
+    architecture and first parameters (then it is fine-tuned); reports for the language stage and
+    the prior's targets are tokenised by its BPE, and reports are decoded with it."""
+    import dataclasses
+    import shutil
+
+    from xray_gen.data.bart_tokenizer import BartTokenizer
+    from xray_gen.data.pipeline import open_split
+    from xray_gen.models.cxr_irgen import bart_weights, sampling
+    from xray_gen.models.cxr_irgen.inputs import ReportSource, report_text
+    from xray_gen.models.cxr_irgen.task import CxrIRGenTask
+
+    folder, bart_params, bpe = _pretrained_bart(tmp_path / "bart")
+    prepared = tmp_path / "prepared"  # the fixture's trained stages, without its language stage and prior
+    shutil.copytree(run["workdir"], prepared, ignore=shutil.ignore_patterns("language", "prior", "samples", "eval"))
+    config = configs.get_config("smoke")
+    config.cxr_irgen.prepared_dir = str(prepared)
+    config.cxr_irgen.language.pretrained = folder
+    task = CxrIRGenTask(config, str(tmp_path / "work"))
+    assert isinstance(task.report_tokenizer, BartTokenizer) and task.report_tokenizer.source == bpe.source
+    assert task.text_model.config == dataclasses.replace(bart_weights.bart_config_of(folder), dropout=0.1)
+    assert task.prior.config.out_dim == 32  # the folder's d_model, not language.size's
+
+    language_task = stages.TextAutoencoderTask(config, task.tokenizer)
+    first = language_task.warm_start(language_task.init(jax.random.PRNGKey(0)))
+    _tree_close(first.params["bart"], bart_params)  # every parameter starts from the folder's
+    n, sections = config.cxr_irgen.report_len, tuple(config.cxr_irgen.report_sections)
+    source = ReportSource(open_split(config.data, "train", views=("frontal",)))
+    want = {tuple(bpe.encode_flat(report_text(source[i], sections), n)[0]) for i in range(len(source))}
+    batch = next(iter(language_task.train_loader()))
+    for ids, mask in zip(batch["report_ids"], batch["report_mask"]):
+        assert tuple(ids) in want and ids[0] == bpe.bos_id and ids[int(mask.sum()) - 1] == bpe.eos_id
+    prior_batch = next(iter(stages.PriorTask(config, task.tokenizer).train_loader()))
+    assert all(tuple(ids) in want for ids in prior_batch["report_ids"])
+
+    task.prepare()  # the language stage fine-tunes from the folder, the prior trains on its vectors
+    tuned = task.frozen()["language"]["bart"]
+    steps, lr = config.cxr_irgen.language.steps, config.cxr_irgen.language.learning_rate
+    drift = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                for a, b in zip(jax.tree.leaves(tuned), jax.tree.leaves(bart_params)))
+    assert 0 < drift <= 1.01 * steps * lr  # Adam moves each parameter by at most ~lr per step
+
+    state = task.init(jax.random.PRNGKey(0))
+    main_batch = next(iter(task.train_loader()))
+    state, metrics = jax.jit(task.train_step)(state, jax.tree.map(jnp.asarray, main_batch))
+    assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))
+    inputs, _ = sampling.condition_inputs(task, np.asarray(main_batch["labels"][:2]), [0, 1])
+    out = sampling.generate_pairs(task, state, inputs, [0, 1], 2)
+    ids = np.asarray(out["report_ids"])
+    assert ids.shape == (2, n) and np.all(ids[:, 0] == bpe.bos_id) and ids.max() < task.text_model.config.vocab_size
+    texts = sampling.decode_reports(task.report_tokenizer, ids)
+    assert texts == [" ".join(s.strip().rstrip(".").strip() + "." for s in bpe.decode_flat(row) if s.strip(" ."))
+                     for row in ids]
+    assert all(isinstance(t, str) for t in texts)
+
+
+def test_pretrained_bart_errors_name_the_field_and_the_file(tmp_path):
+    from xray_gen.data.bart_tokenizer import BartTokenizer
+
+    folder, _, _ = _pretrained_bart(tmp_path / "bart", max_positions=32)
+    config = configs.get_config("smoke")
+    config.cxr_irgen.language.pretrained = folder
+    with pytest.raises(ValueError, match=f"cxr_irgen.report_len=48 exceeds max_position_embeddings=32 of "
+                                         f"cxr_irgen.language.pretrained={folder}"):
+        stages.report_model(config, 0)
+    config.cxr_irgen.report_len = 32
+    assert stages.report_model(config, 0).config.max_position_embeddings == 32
+    assert isinstance(stages.report_tokenizer(config, None), BartTokenizer)
+    cfg = json.loads((tmp_path / "bart" / "config.json").read_text())
+    (tmp_path / "bart" / "config.json").write_text(json.dumps({**cfg, "pad_token_id": 3}))
+    with pytest.raises(ValueError, match="language.pretrained=.*tokenizer .*vocab.json: pad/bos/eos ids \\(1, 0, 2\\)"):
+        stages.report_tokenizer(config, None)
+    (tmp_path / "bart" / "config.json").write_text(json.dumps(cfg))
+    os.remove(tmp_path / "bart" / "merges.txt")
+    with pytest.raises(FileNotFoundError, match=f"cxr_irgen.language.pretrained={folder}: .*vocab.json \\+ merges.txt"):
+        stages.report_tokenizer(config, None)
+    os.remove(tmp_path / "bart" / "config.json")
+    with pytest.raises(FileNotFoundError, match="cxr_irgen.language.pretrained=.*no config.json beside model.safetensors"):
+        stages.report_model(config, 0)
+    os.remove(tmp_path / "bart" / "model.safetensors")
+    (tmp_path / "bart" / "pytorch_model.bin").write_bytes(b"never unpickled")
+    with pytest.raises(FileNotFoundError, match="cxr_irgen.language.pretrained=.*no model.safetensors.*only safetensors"):
+        stages.report_model(config, 0)
+    config.cxr_irgen.language.pretrained = str(tmp_path / "bart" / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="pytorch_model.bin: not a .safetensors file; pickled"):
+        stages.report_model(config, 0)

@@ -76,13 +76,17 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # CLIP folder (config.json + model.safetensors, with vocab.json + merges.txt in it or in
     # ../tokenizer): loaded instead of trained, its sizes replace clip.*, the label prompt is tokenised
     # by its BPE at its text length (77; prompt_len is then unused), reference images are resized to
-    # its image_size and CLIP-normalised. Language model and prior keep the report tokenizer.
+    # its image_size and CLIP-normalised. `language.pretrained` names a transformers BART folder
+    # (config.json + model.safetensors + vocab.json + merges.txt, e.g. facebook/bart-base): the
+    # language stage takes its architecture (language.size unused; report_len <= its
+    # max_position_embeddings) and starts from its weights, then is fine-tuned as usual; reports
+    # (language stage, prior targets, decoded reports) use its BPE.
     # Stages (each trained in its own sub-directory; sizes are from scratch here).
     x.autoencoder = _stage(50_000, 16, 4.5e-6, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
                            latent_channels=4, norm_num_groups=32, loss="l1", kl_weight=1e-6, scale_images=1_000,
                            pretrained="")
     x.clip = _stage(20_000, 64, 1e-4, width=512, layers=12, heads=8, patch_size=32, projection_dim=512, pretrained="")
-    x.language = _stage(20_000, 32, 5e-5, size="bart-base", pooling="mean", dropout=0.1)
+    x.language = _stage(20_000, 32, 5e-5, size="bart-base", pooling="mean", dropout=0.1, pretrained="")
     x.prior = _stage(20_000, 32, 5e-5, size="base", patch_size=2, loss="mse+cosine", cosine_weight=0.01)
 
     c.sample = ml_collections.ConfigDict()
@@ -144,7 +148,7 @@ def _cpu(c):
     x.autoencoder = _stage(800, 16, 1e-3, block_out_channels=(16, 32, 32), layers_per_block=1, latent_channels=4,
                            norm_num_groups=16, loss="l1", kl_weight=1e-6, scale_images=512, pretrained="")
     x.clip = _stage(400, 64, 5e-4, width=64, layers=2, heads=4, patch_size=8, projection_dim=64, pretrained="")
-    x.language = _stage(1_000, 32, 1e-3, size="tiny", pooling="mean", dropout=0.1)
+    x.language = _stage(1_000, 32, 1e-3, size="tiny", pooling="mean", dropout=0.1, pretrained="")
     x.prior = _stage(500, 32, 5e-4, size="tiny", patch_size=2, loss="mse+cosine", cosine_weight=0.01)
     c.sample.num_steps = 50
     c.sample.guidance_scale = 3.0  # 7.5 over-saturates a small model trained for minutes
@@ -188,7 +192,7 @@ def _smoke(c):
     x.autoencoder = _stage(3, 8, 1e-3, block_out_channels=(8, 8, 8), layers_per_block=1, latent_channels=4,
                            norm_num_groups=8, loss="l1", kl_weight=1e-6, scale_images=16, pretrained="")
     x.clip = _stage(2, 8, 1e-3, width=32, layers=1, heads=2, patch_size=8, projection_dim=32, pretrained="")
-    x.language = _stage(2, 8, 1e-3, size="tiny", pooling="mean", dropout=0.1)
+    x.language = _stage(2, 8, 1e-3, size="tiny", pooling="mean", dropout=0.1, pretrained="")
     x.prior = _stage(2, 8, 1e-3, size="tiny", patch_size=2, loss="mse+cosine", cosine_weight=0.01)
     c.sample.num_samples = 2
     c.sample.num_steps = 3

@@ -22,6 +22,9 @@ pieces <|endoftext|>, truncated keeping <|endoftext|> last, padded with the pad 
 <|endoftext|>, SD-2's "!"; from tokenizer_config.json / special_tokens_map.json when present);
 the mask is 1 on real tokens. `encode_flat(text, L)` is one row, the `ReportTokenizer` API the
 data pipeline calls.
+
+`ByteLevelBPE` (vocabulary, merge loop `bpe_merge`, byte table, row layout) is shared with BART's
+GPT-2 tokenizer (`xray_gen.data.bart_tokenizer`), which differs in pre-tokenisation and decoding.
 """
 
 from __future__ import annotations
@@ -29,11 +32,12 @@ from __future__ import annotations
 import json
 import os
 import unicodedata
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-__all__ = ["CLIPTokenizer", "TOKENIZER_FILES", "bytes_to_unicode", "clean_text", "read_vocab_and_merges"]
+__all__ = ["ByteLevelBPE", "CLIPTokenizer", "TOKENIZER_FILES", "bpe_merge", "bytes_to_unicode", "clean_text",
+           "read_vocab_and_merges", "special_token"]
 
 BOS_TOKEN, EOS_TOKEN = "<|startoftext|>", "<|endoftext|>"
 _SPECIALS = (BOS_TOKEN, EOS_TOKEN)
@@ -123,7 +127,7 @@ def read_vocab_and_merges(path: Union[str, os.PathLike]) -> Tuple[Dict[str, int]
         json_file = os.path.join(path, TOKENIZER_FILES[1][0])
         if not os.path.exists(json_file):
             raise FileNotFoundError(f"{path}: no vocab.json + merges.txt or tokenizer.json "
-                                    f"(found {sorted(os.listdir(path))}); a CLIP tokenizer needs them")
+                                    f"(found {sorted(os.listdir(path))}); a BPE tokenizer needs them")
         path = json_file
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such tokenizer file or folder")
@@ -133,7 +137,7 @@ def read_vocab_and_merges(path: Union[str, os.PathLike]) -> Tuple[Dict[str, int]
     return dict(model["vocab"]), _parse_merges(model["merges"], path), path
 
 
-def _special(folder: Optional[str], name: str, default: str) -> str:
+def special_token(folder: Optional[str], name: str, default: str) -> str:
     """A special token from tokenizer_config.json or special_tokens_map.json beside the vocabulary."""
     for file in ("tokenizer_config.json", "special_tokens_map.json"):
         path = os.path.join(folder, file) if folder else ""
@@ -146,82 +150,92 @@ def _special(folder: Optional[str], name: str, default: str) -> str:
     return default
 
 
-class CLIPTokenizer:
-    """CLIP's BPE from vocab.json + merges.txt or a tokenizer.json (see the module doc).
+def bpe_merge(symbols: Sequence[str], ranks: Mapping[Tuple[str, str], int]) -> Tuple[str, ...]:
+    """BPE on one piece: repeatedly merge the adjacent pair of lowest rank (every occurrence, left
+    to right) until no adjacent pair is a merge. CLIP's and GPT-2's reference loop."""
+    word = list(symbols)
+    while len(word) > 1:
+        best = min(zip(word, word[1:]), key=lambda p: ranks.get(p, float("inf")))
+        if best not in ranks:
+            break
+        merged, i = [], 0
+        while i < len(word):
+            if i + 1 < len(word) and (word[i], word[i + 1]) == best:
+                merged.append(word[i] + word[i + 1])
+                i += 2
+            else:
+                merged.append(word[i])
+                i += 1
+        word = merged
+    return tuple(word)
 
-    `pad_token` None: the folder's (tokenizer_config.json / special_tokens_map.json), else
-    <|endoftext|>. Picklable (grain workers hold one).
-    """
 
-    def __init__(self, path: Union[str, os.PathLike], max_length: int = 77, pad_token: Optional[str] = None):
+class ByteLevelBPE:
+    """What CLIP's and GPT-2/BART's byte-level BPEs share: the vocabulary and merge ranks, the
+    byte table, the cached merge loop, unknown pieces -> the unknown id, and rows
+    `bos pieces eos` padded with the pad id. Subclasses give the pre-tokenisation (`_pieces`: the
+    text's pieces as byte characters, `specials` kept whole), a piece's first symbols
+    (`_symbols`), the special tokens and `decode`. Picklable (grain workers hold one)."""
+
+    kind = "BPE"
+    specials: Tuple[str, ...] = ()
+
+    def __init__(self, path: Union[str, os.PathLike], max_length: int):
         vocab, merges, self.source = read_vocab_and_merges(path)
-        folder = os.fspath(path) if os.path.isdir(path) else os.path.dirname(os.fspath(path))
+        self.folder = os.fspath(path) if os.path.isdir(path) else os.path.dirname(os.fspath(path))
         self.encoder = {str(k): int(v) for k, v in vocab.items()}
         self.decoder = {v: k for k, v in self.encoder.items()}
         self.ranks = {pair: rank for rank, pair in enumerate(merges)}
         self.max_length = int(max_length)
         if self.max_length < 2:
-            raise ValueError(f"CLIPTokenizer max_length={max_length} leaves no room for <|startoftext|> <|endoftext|>")
+            raise ValueError(f"{type(self).__name__} max_length={max_length} leaves no room for the start and end "
+                             "tokens")
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
-        self.bos_id, self.eos_id = self._id(BOS_TOKEN, "bos"), self._id(EOS_TOKEN, "eos")
-        self.unk_id = self._id(_special(folder, "unk_token", EOS_TOKEN), "unk")
-        self.pad_id = self._id(pad_token or _special(folder, "pad_token", EOS_TOKEN), "pad")
         self._cache: Dict[str, Tuple[str, ...]] = {}
 
     def _id(self, token: str, role: str) -> int:
         if token not in self.encoder:
             raise ValueError(f"{self.source}: the {role} token {token!r} is not in the vocabulary; "
-                             "is this a CLIP tokenizer?")
+                             f"is this a {self.kind} tokenizer?")
         return self.encoder[token]
+
+    def _pieces(self, text: str) -> List[str]:
+        raise NotImplementedError
+
+    def _symbols(self, piece: str) -> List[str]:
+        raise NotImplementedError
+
+    def _bytes_text(self, chars: str) -> str:
+        """Byte characters -> text (invalid UTF-8 becomes U+FFFD, as transformers decodes)."""
+        return bytes(self.byte_decoder[c] for c in chars if c in self.byte_decoder).decode("utf-8", errors="replace")
 
     @property
     def vocab_size(self) -> int:
         return len(self.encoder)
 
     def bpe(self, piece: str) -> Tuple[str, ...]:
-        """One pre-tokenised piece (byte characters) -> its BPE tokens, `</w>` on the last."""
-        if piece in _SPECIALS:
+        """One pre-tokenised piece (byte characters) -> its BPE tokens."""
+        if piece in self.specials:
             return (piece,)
-        if piece in self._cache:
-            return self._cache[piece]
-        word = list(piece[:-1]) + [piece[-1] + END_OF_WORD]
-        while len(word) > 1:
-            pairs = {(a, b) for a, b in zip(word, word[1:])}
-            best = min(pairs, key=lambda p: self.ranks.get(p, float("inf")))
-            if best not in self.ranks:
-                break
-            merged, i = [], 0
-            while i < len(word):
-                if i + 1 < len(word) and (word[i], word[i + 1]) == best:
-                    merged.append(word[i] + word[i + 1])
-                    i += 2
-                else:
-                    merged.append(word[i])
-                    i += 1
-            word = merged
-        self._cache[piece] = tuple(word)
+        if piece not in self._cache:
+            self._cache[piece] = bpe_merge(self._symbols(piece), self.ranks)
         return self._cache[piece]
 
     def tokenize(self, text: str) -> List[str]:
-        """Cleaned, pre-tokenised and merged BPE tokens of `text` (no <|startoftext|>/<|endoftext|> added)."""
-        out = []
-        for piece in _pre_tokenize(clean_text(text)):
-            if piece not in _SPECIALS:
-                piece = "".join(self.byte_encoder[b] for b in piece.encode("utf-8"))
-            out.extend(self.bpe(piece))
-        return out
+        """The BPE tokens of `text` (no start/end tokens added)."""
+        return [token for piece in self._pieces(text) for token in self.bpe(piece)]
 
     def encode(self, text: str) -> List[int]:
-        """Token ids of `text` without <|startoftext|>/<|endoftext|>; unknown tokens -> the unknown id."""
+        """Token ids of `text` without start/end tokens; unknown tokens -> the unknown id."""
         return [self.encoder.get(t, self.unk_id) for t in self.tokenize(text)]
 
     def encode_flat(self, text: str, max_len: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
-        """ids int32 (L,), mask float32 (L,): <|startoftext|> tokens <|endoftext|>, truncated keeping
-        <|endoftext|> last, padded with the pad id; L = `max_len` or `max_length`."""
+        """ids int32 (L,), mask float32 (L,): bos tokens eos, truncated keeping eos last, padded
+        with the pad id (mask 0); L = `max_len` or `max_length`."""
         n = int(max_len or self.max_length)
         if n < 2:
-            raise ValueError(f"CLIPTokenizer: length {n} leaves no room for <|startoftext|> <|endoftext|>")
+            raise ValueError(f"{type(self).__name__}: length {n} leaves no room for the start and end tokens")
         row = [self.bos_id] + self.encode(text)[: n - 2] + [self.eos_id]
         ids = np.full((n,), self.pad_id, np.int32)
         mask = np.zeros((n,), np.float32)
@@ -236,14 +250,37 @@ class CLIPTokenizer:
             return np.zeros((0, self.max_length), np.int32), np.zeros((0, self.max_length), np.float32)
         return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.source!r}, vocab_size={self.vocab_size}, max_length={self.max_length})"
+
+
+class CLIPTokenizer(ByteLevelBPE):
+    """CLIP's BPE from vocab.json + merges.txt or a tokenizer.json (see the module doc).
+
+    `pad_token` None: the folder's (tokenizer_config.json / special_tokens_map.json), else
+    <|endoftext|>.
+    """
+
+    kind = "CLIP"
+    specials = _SPECIALS
+
+    def __init__(self, path: Union[str, os.PathLike], max_length: int = 77, pad_token: Optional[str] = None):
+        super().__init__(path, max_length)
+        self.bos_id, self.eos_id = self._id(BOS_TOKEN, "bos"), self._id(EOS_TOKEN, "eos")
+        self.unk_id = self._id(special_token(self.folder, "unk_token", EOS_TOKEN), "unk")
+        self.pad_id = self._id(pad_token or special_token(self.folder, "pad_token", EOS_TOKEN), "pad")
+
+    def _pieces(self, text: str) -> List[str]:
+        """Cleaned and pre-tokenised (module doc, steps 1-2), each piece as byte characters."""
+        return [p if p in _SPECIALS else "".join(self.byte_encoder[b] for b in p.encode("utf-8"))
+                for p in _pre_tokenize(clean_text(text))]
+
+    def _symbols(self, piece: str) -> List[str]:
+        return list(piece[:-1]) + [piece[-1] + END_OF_WORD]  # the last symbol ends the word
+
     def decode(self, ids) -> str:
         """Text of `ids` without the special and pad tokens; words rejoined by single spaces (the
         cleaning in `tokenize` is not undone)."""
         specials = {self.bos_id, self.eos_id, self.pad_id}
         tokens = "".join(self.decoder.get(int(i), "") for i in ids if int(i) not in specials)
-        words = (bytes(self.byte_decoder[c] for c in w if c in self.byte_decoder).decode("utf-8", errors="replace")
-                 for w in tokens.split(END_OF_WORD))
-        return " ".join(w for w in words if w)
-
-    def __repr__(self) -> str:
-        return f"CLIPTokenizer({self.source!r}, vocab_size={self.vocab_size}, max_length={self.max_length})"
+        return " ".join(w for w in (self._bytes_text(w) for w in tokens.split(END_OF_WORD)) if w)

@@ -13,11 +13,14 @@ weight -> kernel/scale, Linear transposed):
 - the token embedding may be stored as `shared.weight`, `encoder.embed_tokens.weight`,
   `decoder.embed_tokens.weight` or `lm_head.weight` (tied copies); copies must be identical;
 - `final_logits_bias` (1, V) is optional (BartModel has none: zeros).
-Tokenizers are not imported: encode text with the BART tokenizer files that came with the weights
-(outside this library) and pass ids; `BartConfig` carries their PAD/BOS/EOS ids.
+The tokenizer files beside the weights (vocab.json + merges.txt) are read by
+`load_bart_tokenizer` (`xray_gen.data.bart_tokenizer`, plain Python); `BartConfig` carries their
+PAD/BOS/EOS ids. `save_transformers_bart` is the inverse: our params -> a folder that transformers'
+`BartForConditionalGeneration.from_pretrained` reads.
 
     cfg = bart_config_from_transformers("bart-base/")   # folder or config.json or dict
     params = load_bart("bart-base/", cfg)                # -> Bart(cfg)'s "params" collection
+    tok = load_bart_tokenizer("bart-base/")             # its ids for the reports
 """
 
 from __future__ import annotations
@@ -31,11 +34,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from xray_gen.models.cxr_irgen.weights import ConfigLike, convert_state_dict, read_config, read_safetensors
+from xray_gen.data.bart_tokenizer import BartTokenizer
+from xray_gen.models.cxr_irgen.weights import (ConfigLike, convert_state_dict, read_config, read_safetensors,
+                                               to_state_dict)
 from xray_gen.nn.bart import ACTIVATIONS, Bart, BartConfig, bart_config
 
-__all__ = ["WEIGHTS_NAME", "INDEX_NAME", "bart_config_from_transformers", "bart_param_shapes",
-           "convert_bart_state_dict", "load_bart", "read_bart_state_dict"]
+__all__ = ["WEIGHTS_NAME", "INDEX_NAME", "bart_config_from_transformers", "bart_config_of",
+           "bart_config_to_transformers", "bart_param_shapes", "convert_bart_state_dict", "load_bart", "load_bart_tokenizer", "read_bart_state_dict",
+           "save_transformers_bart"]
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -211,3 +217,70 @@ def load_bart(path_or_dir: Union[str, os.PathLike], config: Union[BartConfig, Co
         config = bart_config_from_transformers(config)
     return convert_bart_state_dict(read_bart_state_dict(path_or_dir), config, dtype=dtype,
                                    source=os.fspath(path_or_dir))
+
+
+def bart_config_of(path_or_dir: Union[str, os.PathLike]) -> BartConfig:
+    """The `BartConfig` of a BART folder (or a safetensors file with config.json beside it), after
+    checking its weights are there and are safetensors (so a pickle is refused before any use)."""
+    files, config_path = _weights_files(path_or_dir)
+    if config_path is None:
+        folder, name = os.path.split(files[0])
+        raise FileNotFoundError(f"{folder or '.'}: no config.json beside {name}")
+    return bart_config_from_transformers(config_path)
+
+
+def load_bart_tokenizer(path_or_dir: Union[str, os.PathLike], max_length: int = 1024) -> BartTokenizer:
+    """The BART tokenizer whose files (vocab.json + merges.txt, or tokenizer.json) are in the
+    folder of the weights at `path_or_dir`."""
+    path = os.fspath(path_or_dir)
+    return BartTokenizer(path if os.path.isdir(path) else os.path.dirname(path) or ".", max_length=max_length)
+
+
+# ------------------------------------------------------------------------------------------------
+# Export (the inverse: our Flax BART -> a transformers BartForConditionalGeneration folder)
+# ------------------------------------------------------------------------------------------------
+
+
+def bart_config_to_transformers(config: BartConfig) -> Dict[str, Any]:
+    """transformers' BartConfig / MBartConfig (config.json) of `config`."""
+    layer_norms = (config.normalize_before, config.add_final_layer_norm)
+    model_type = next((t for t, ln in _MODEL_TYPES.items() if ln == layer_norms), None)
+    if model_type is None or not config.layernorm_embedding or config.layer_norm_eps != 1e-5:
+        raise ValueError(f"{config} has no transformers counterpart (BART: post-LN; mBART: pre-LN with final "
+                         "layer norms; both with layernorm_embedding and eps 1e-5)")
+    arch = "BartForConditionalGeneration" if model_type == "bart" else "MBartForConditionalGeneration"
+    fields = ("vocab_size", "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
+              "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "max_position_embeddings",
+              "activation_function", "scale_embedding", "dropout", "activation_dropout", "pad_token_id",
+              "bos_token_id", "eos_token_id", "decoder_start_token_id")
+    return {"architectures": [arch], "model_type": model_type, **{f: getattr(config, f) for f in fields},
+            "attention_dropout": 0.0, "is_encoder_decoder": True, "tie_word_embeddings": True}
+
+
+def save_transformers_bart(folder: Union[str, os.PathLike], params: Mapping[str, Any], config: BartConfig) -> str:
+    """Writes `Bart(config)`'s params as a transformers folder (model.safetensors + config.json),
+    read back by `load_bart` and by `BartForConditionalGeneration.from_pretrained` (the tied
+    embedding stored once, as `model.shared.weight`)."""
+    from safetensors.numpy import save_file
+
+    inverse = {ours: theirs for theirs, ours in _ATTENTION_NAMES.items()}
+    state = {}
+    for key, value in to_state_dict(params, indexed=frozenset({"layers", "to_out"})).items():
+        if key == "final_logits_bias":
+            state[key] = value.reshape(1, -1)
+            continue
+        if key.endswith(".embedding"):  # nn.Embed tables: torch's Embedding.weight
+            key = key[: -len("embedding")] + "weight"
+        parts = key.split(".")
+        for ours, theirs in inverse.items():  # to_q -> q_proj, to_out.0 -> out_proj
+            n = len(ours.split("."))
+            if ".".join(parts[-1 - n:-1]) == ours:
+                parts = parts[:-1 - n] + [theirs, parts[-1]]
+                break
+        state["model." + ".".join(parts)] = value
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    save_file(state, os.path.join(folder, WEIGHTS_NAME))
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(bart_config_to_transformers(config), f, indent=2)
+    return folder

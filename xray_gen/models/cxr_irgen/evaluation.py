@@ -111,8 +111,9 @@ def final_report(task, state, workdir: str) -> dict:
     seeds = [int(c.sample.seed) + i for i in range(n)]
     inputs, chosen = condition_inputs(task, raw, seeds)
     gen = generate_pairs(task, state, inputs, seeds, bs)
-    gen_texts = decode_reports(task.tokenizer, gen["report_ids"])
-    real_texts = decode_reports(task.tokenizer, reports_for_images(task, state, real_u8, bs, c.sample.seed)["report_ids"])
+    gen_texts = decode_reports(task.report_tokenizer, gen["report_ids"])
+    real_ids = reports_for_images(task, state, real_u8, bs, c.sample.seed)["report_ids"]
+    real_texts = decode_reports(task.report_tokenizer, real_ids)
 
     gen_probs, gen_feats = _classify(*cls, gen["images"], bs)
     real_probs, real_feats = _classify(*cls, real, bs)

@@ -22,8 +22,9 @@ Token ids come from `BartConfig`: for models trained here use `bart_config(..., 
 tokenizer.vocab_size, **REPORT_TOKENIZER_IDS)` and `ReportTokenizer.encode_flat` / `decode_flat`
 (returned ids start with BOS, as encode_flat's do, so `(ids, arange(L) < lengths)` feeds
 `encode_report` again). Imported BART weights (`bart_weights.load_bart`, loaded into
-`params["bart"]`) need the BART tokenizer files that came with them, used outside this library:
-pass their ids in and decode the returned ids with them.
+`params["bart"]`) go with `bart_weights.bart_config_from_transformers` (their special ids) and
+their own tokenizer (`bart_weights.load_bart_tokenizer`: same `encode_flat` / `decode_flat` API),
+as `cxr_irgen.language.pretrained` uses them.
 
 Training step sketch (stage 1)::
 

@@ -182,7 +182,8 @@ def sample(task, state, workdir: str, labels=None, labels_file=None, image=None)
     summary, rows = {}, []
     if image is not None:
         pixels = load_image(image, c.data.resolution)
-        text = decode_reports(task.tokenizer, reports_for_images(task, state, pixels[None], 1, c.sample.seed)["report_ids"])[0]
+        report_ids = reports_for_images(task, state, pixels[None], 1, c.sample.seed)["report_ids"]
+        text = decode_reports(task.report_tokenizer, report_ids)[0]
         sid = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.splitext(os.path.basename(image))[0]) + "_report"
         os.makedirs(os.path.join(out_dir, sid), exist_ok=True)
         with atomic_open(os.path.join(out_dir, sid, "report.txt"), "w") as f:
@@ -194,7 +195,7 @@ def sample(task, state, workdir: str, labels=None, labels_file=None, image=None)
         seeds = [int(c.sample.seed) + k for k in range(len(ids))]
         inputs, chosen = condition_inputs(task, raw, seeds)
         out = generate_pairs(task, state, inputs, seeds, min(len(ids), int(c.sample.batch_size)))
-        texts = decode_reports(task.tokenizer, out["report_ids"])
+        texts = decode_reports(task.report_tokenizer, out["report_ids"])
         report_labels = label_reports(texts)
         for i, sid in enumerate(ids):
             os.makedirs(os.path.join(out_dir, sid), exist_ok=True)

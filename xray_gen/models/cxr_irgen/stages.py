@@ -7,7 +7,9 @@ sub-directory by `CxrIRGenTask.prepare()` (in this order):
    identical prompts in a batch count as matches. `cxr_irgen.clip.pretrained` (a transformers
    CLIP folder) replaces it: loaded, never trained, its prompts tokenised by its own BPE.
 3. `TextAutoencoderTask`  language stage 1: BART encoder -> pooled text vector -> BART decoder
-   reconstructing the report (cross-entropy on real tokens only).
+   reconstructing the report (cross-entropy on real tokens only). `cxr_irgen.language.pretrained`
+   (a transformers BART folder) gives its architecture and starting weights, then it is fine-tuned
+   (the pooled bottleneck is new to BART); its reports then use that folder's BPE.
 4. `PriorTask`        language stage 2: ViT over the frozen autoencoder's scaled latents predicting
    the frozen stage-1 text vector (MSE + 0.01 (1 - cos)).
 
@@ -18,6 +20,7 @@ jitted step.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -32,7 +35,7 @@ from absl import logging
 from xray_gen.data import augment as aug
 from xray_gen.data.pipeline import ToModelInputs, make_loader, open_split
 from xray_gen.files import atomic_open
-from xray_gen.models.cxr_irgen import clip_weights, language, weights
+from xray_gen.models.cxr_irgen import bart_weights, clip_weights, language, weights
 from xray_gen.models.cxr_irgen.inputs import CxrInputs, IndexedSource, ReportSource, label_groups
 from xray_gen.nn import clip as clip_nn
 from xray_gen.nn.autoencoder_kl import AutoencoderKL, VAEConfig
@@ -107,21 +110,22 @@ def pretrained_clip(config) -> str:
     return config.cxr_irgen.clip.get("pretrained", "") or ""
 
 
-def _from_pretrained_clip(config, load, *args):
-    """`load(folder, *args)` with errors prefixed by the config field that named the folder."""
-    path = pretrained_clip(config)
+def _from_pretrained(config, stage: str, load, *args):
+    """`load(folder, *args)` for the folder named by `cxr_irgen.<stage>.pretrained`, with errors
+    prefixed by that config field."""
+    path = config.cxr_irgen[stage].get("pretrained", "")
     try:
         return load(path, *args)
     except (OSError, ValueError) as e:
         kind = FileNotFoundError if isinstance(e, OSError) else ValueError
-        raise kind(f"cxr_irgen.clip.pretrained={path}: {e}") from e
+        raise kind(f"cxr_irgen.{stage}.pretrained={path}: {e}") from e
 
 
 def clip_model(config, vocab_size: int) -> clip_nn.CLIP:
     """The CLIP stage's module: a pretrained folder's architecture, else text over the report
     tokenizer's `vocab_size` ids and a grey ViT at data.resolution, sized by `cxr_irgen.clip`."""
     if pretrained_clip(config):
-        return _from_pretrained_clip(config, clip_weights.clip_model_of)
+        return _from_pretrained(config, "clip", clip_weights.clip_model_of)
     k, res = config.cxr_irgen.clip, config.data.resolution
     if res % k.patch_size:
         raise ValueError(f"cxr_irgen.clip.patch_size={k.patch_size} does not divide data.resolution={res}")
@@ -134,14 +138,14 @@ def clip_model(config, vocab_size: int) -> clip_nn.CLIP:
 
 def load_pretrained_clip(config, net: clip_nn.CLIP):
     """Params of `net` (= `clip_model(config, ...)`) from `cxr_irgen.clip.pretrained`."""
-    return _from_pretrained_clip(config, lambda path: clip_weights.load_clip(path, net)[1])
+    return _from_pretrained(config, "clip", lambda path: clip_weights.load_clip(path, net)[1])
 
 
 def prompt_tokenizer(config, tokenizer, length: int):
     """The label prompt's tokenizer: a pretrained CLIP's own BPE (in its folder, or SD's sibling
     tokenizer/), padded to `length`; else the report tokenizer the other stages share."""
     if pretrained_clip(config):
-        return _from_pretrained_clip(config, clip_weights.load_clip_tokenizer, length)
+        return _from_pretrained(config, "clip", clip_weights.load_clip_tokenizer, length)
     return tokenizer
 
 
@@ -170,11 +174,42 @@ def clip_images(config, net: clip_nn.CLIP, images):
     return clip_nn.clip_pixels(x)
 
 
+def pretrained_bart(config) -> str:
+    """The transformers BART folder named by `cxr_irgen.language.pretrained` ('' : start from random)."""
+    return config.cxr_irgen.language.get("pretrained", "") or ""
+
+
 def report_model(config, vocab_size: int) -> language.ReportAutoencoder:
-    g = config.cxr_irgen.language
-    cfg = bart_config(g.size, vocab_size=vocab_size, dropout=g.dropout,
-                      max_position_embeddings=max(config.cxr_irgen.report_len, 64), **REPORT_TOKENIZER_IDS)
+    """The language stage's module: a pretrained BART folder's architecture (`language.size` and
+    `vocab_size` unused; `language.dropout` still applies), else `language.size` over the report
+    tokenizer's `vocab_size` ids with its special ids."""
+    g, n = config.cxr_irgen.language, config.cxr_irgen.report_len
+    if pretrained_bart(config):
+        cfg = _from_pretrained(config, "language", bart_weights.bart_config_of)
+        if n > cfg.max_position_embeddings:
+            raise ValueError(f"cxr_irgen.report_len={n} exceeds max_position_embeddings={cfg.max_position_embeddings} "
+                             f"of cxr_irgen.language.pretrained={pretrained_bart(config)}")
+        cfg = dataclasses.replace(cfg, dropout=float(g.dropout))
+    else:
+        cfg = bart_config(g.size, vocab_size=vocab_size, dropout=g.dropout, max_position_embeddings=max(n, 64),
+                          **REPORT_TOKENIZER_IDS)
     return language.ReportAutoencoder(cfg, pooling=g.pooling)
+
+
+def report_tokenizer(config, tokenizer):
+    """The reports' tokenizer (language stage, prior targets, decoded reports): a pretrained
+    BART's own BPE (its folder's vocab.json + merges.txt), else the run's report tokenizer."""
+    if not pretrained_bart(config):
+        return tokenizer
+    tok = _from_pretrained(config, "language", bart_weights.load_bart_tokenizer, config.cxr_irgen.report_len)
+    cfg = report_model(config, tok.vocab_size).config
+    got = (tok.pad_id, tok.bos_id, tok.eos_id)
+    want = (cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id)
+    if got != want or max(tok.decoder) >= cfg.vocab_size:
+        raise ValueError(f"cxr_irgen.language.pretrained={pretrained_bart(config)}: the tokenizer ({tok.source}: "
+                         f"pad/bos/eos ids {got}, largest id {max(tok.decoder)}) does not fit config.json "
+                         f"(pad/bos/eos ids {want}, vocab_size {cfg.vocab_size})")
+    return tok
 
 
 def prior_model(config, vocab_size: int) -> language.LatentPrior:
@@ -339,15 +374,30 @@ class ClipTask(StageTask):
 
 
 class TextAutoencoderTask(StageTask):
+    """Reports by `report_tokenizer`; with `language.pretrained` the parameters start from the
+    folder's (`warm_start`: all of them; the pooling has none of its own), then train as usual."""
+
     stage = "language"
 
     def __init__(self, config, tokenizer):
-        super().__init__(config, tokenizer)
-        self.net = report_model(config, tokenizer.vocab_size)
+        super().__init__(config, report_tokenizer(config, tokenizer))
+        self.net = report_model(config, self.tokenizer.vocab_size)
 
     def init_params(self, rng):
         n = self.main.cxr_irgen.report_len
         return self.net.init(rng, jnp.zeros((1, n), jnp.int32), jnp.ones((1, n)))["params"]
+
+    def warm_start(self, state):
+        if not pretrained_bart(self.main):
+            return state
+        bart = _from_pretrained(self.main, "language", bart_weights.load_bart, self.net.config)
+        params = {**state.params, "bart": bart}
+        if jax.tree.structure(params) != jax.tree.structure(state.params):
+            raise ValueError(f"cxr_irgen.language.pretrained={pretrained_bart(self.main)}: its parameters do not "
+                             "match the language module's")
+        logging.info("CXR-IRGen: language stage starts from %s", pretrained_bart(self.main))
+        params = jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), params, state.params)
+        return state.replace(params=params, opt_state=self.tx.init(params))
 
     def loss(self, params, batch, rng):
         ids, mask = batch["report_ids"], batch["report_mask"]
@@ -367,10 +417,10 @@ class PriorTask(StageTask):
     stage = "prior"
 
     def __init__(self, config, tokenizer, ae_params=None, latent_stats: dict | None = None, text_params=None):
-        super().__init__(config, tokenizer)
-        self.net = prior_model(config, tokenizer.vocab_size)
+        super().__init__(config, report_tokenizer(config, tokenizer))
+        self.net = prior_model(config, self.tokenizer.vocab_size)
         self.vae = AutoencoderKL(vae_config(config))
-        self.text = report_model(config, tokenizer.vocab_size)
+        self.text = report_model(config, self.tokenizer.vocab_size)
         self.ae_params, self.text_params = ae_params, text_params
         stats = latent_stats or {"latent_scale": 1.0, "latent_shift": 0.0}
         self.latent_scale, self.latent_shift = float(stats["latent_scale"]), np.asarray(stats["latent_shift"], np.float32)

@@ -71,6 +71,8 @@ class CxrIRGenTask(loop.Task):
         # The label prompt's ids: CLIP's own BPE for a pretrained CLIP, at its text length (77).
         self.prompt_len = self.clip.text.max_length
         self.prompt_tokenizer = stages.prompt_tokenizer(config, self.tokenizer, self.prompt_len)
+        # The reports' ids: a pretrained BART's own BPE (`language.pretrained`), else the report tokenizer.
+        self.report_tokenizer = stages.report_tokenizer(config, self.tokenizer)
         self.text_model = stages.report_model(config, vocab)
         self.prior = stages.prior_model(config, vocab)
         side, ch = stages.latent_side(config), stages.vae_config(config).latent_channels
