@@ -6,6 +6,7 @@ its outputs and probe the conditioning the denoiser sees (U-ViT and U-Net).
 
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -505,6 +506,30 @@ def test_pretrained_transformers_bart_starts_the_language_stage(run, tmp_path):
                      for row in ids]
     assert all(isinstance(t, str) for t in texts)
 
+
+
+def test_pretrained_bart_over_stages_trained_from_scratch_names_the_setting(run, tmp_path):
+    """`language.pretrained` pointed at a prepared_dir whose language stage was trained from scratch:
+    the stage's checkpoint has other shapes; the error names the setting, not orbax's tree paths."""
+    import shutil
+
+    from xray_gen.models.cxr_irgen.task import CxrIRGenTask
+
+    folder, _, _ = _pretrained_bart(tmp_path / "bart")
+    prepared = tmp_path / "prepared"
+    shutil.copytree(run["workdir"], prepared, ignore=shutil.ignore_patterns("samples", "eval"))
+    config = configs.get_config("smoke")
+    config.cxr_irgen.prepared_dir = str(prepared)
+    config.cxr_irgen.language.pretrained = folder
+    task = CxrIRGenTask(config, str(tmp_path / "work"))
+    recorded = (prepared / "language" / "config.json").read_text()
+    want = re.escape(f"stage 'language' in {prepared}/language was trained with other settings "
+                     f"(cxr_irgen.language.pretrained is '{folder}', was '')")
+    with pytest.raises(ValueError, match=want):
+        task.prepare()
+    assert (prepared / "language" / "config.json").read_text() == recorded
+    with pytest.raises(ValueError, match="stage 'language' .* was trained with other settings"):
+        task.frozen()
 
 def test_pretrained_bart_errors_name_the_field_and_the_file(tmp_path):
     from xray_gen.data.bart_tokenizer import BartTokenizer

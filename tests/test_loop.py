@@ -17,7 +17,7 @@ import pytest
 from xray_gen.configs.default import get_default
 from xray_gen.data.pipeline import make_loader
 from xray_gen.training import loop
-from xray_gen.training.checkpoint import Checkpointer
+from xray_gen.training.checkpoint import CheckpointMismatchError, Checkpointer
 
 
 class ArraySource:
@@ -143,6 +143,22 @@ def test_workdir_records_config_versions_devices(tmp_path):
     assert json.load(open(tmp_path / "config.json"))["train"]["num_steps"] == 2
     assert "jax" in json.load(open(tmp_path / "versions.json"))
 
+
+
+def test_checkpoint_of_another_model_is_refused_by_name_and_keeps_its_records(tmp_path):
+    """Resuming a workdir whose checkpoint has other shapes names the directory and the step, and
+    leaves the config.json of the run that wrote it (the record of what the checkpoint is)."""
+
+    class WiderTask(RegressionTask):
+        def init(self, rng):
+            w = jax.random.normal(rng, (5,))
+            return RegState(jnp.zeros((), jnp.int32), rng, w, self.tx.init(w))
+
+    loop.train(RegressionTask(_config(num_steps=3)), _config(num_steps=3), str(tmp_path))
+    before = (tmp_path / "config.json").read_text()
+    with pytest.raises(CheckpointMismatchError, match=r"checkpoints \(step 3\) does not fit the model this config builds"):
+        loop.train(WiderTask(_config(num_steps=6)), _config(num_steps=6), str(tmp_path))
+    assert (tmp_path / "config.json").read_text() == before
 
 class TwoPhaseTask(RegressionTask):
     """Phase 0 (steps 1-4): batch 8; phase 1: batch 4 and a halved update. Records phase entries."""

@@ -21,6 +21,11 @@ import orbax.checkpoint as ocp
 from xray_gen.training.distributed import all_gather_text
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose arrays do not fit the state this config builds (other network sizes,
+    other pretrained weights): resuming it would mean training a different model."""
+
+
 class Checkpointer:
     def __init__(self, directory: str, max_to_keep: int = 3):
         self.directory = os.path.abspath(directory)
@@ -47,12 +52,18 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-            ),
-        )
+        try:
+            restored = self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+                ),
+            )
+        except ValueError as e:  # orbax: "Structure mismatch ..." / "Requested shape ... stored shape ..."
+            raise CheckpointMismatchError(
+                f"the checkpoint in {self.directory} (step {step}) does not fit the model this config builds: {e}. "
+                "It was written with other network sizes or other pretrained weights: use the config it was "
+                "trained with, or another --workdir") from e
         return restored["state"], dict(restored["meta"])
 
     def restore_meta(self, step: int | None = None) -> dict:

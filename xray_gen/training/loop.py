@@ -185,8 +185,6 @@ def train(task: Task, config, workdir: str):
     """Trains `task` to `config.train.num_steps`, resuming from `workdir` if it holds checkpoints."""
     tc = config.train
     mesh = mesh_for(config)
-    records.write_run_records(workdir, config)
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=tc.max_to_keep)
     rep = replicated(mesh)
 
@@ -195,13 +193,19 @@ def train(task: Task, config, workdir: str):
     state_sh = state_shardings_for(config, mesh, abstract)  # replicated unless mesh.model > 1 (FSDP)
     meta = {}
     if ckpt.latest_step() is not None:
+        # restored before the run records are written: a checkpoint that does not fit this config
+        # (CheckpointMismatchError) leaves the workdir's config.json as the run that wrote it
         state, meta = ckpt.restore(abstract_with_sharding(abstract, state_sh))
         task.load_host_state(meta.get("task", {}))
         logging.info("Resumed %s from step %d in %s", task.name, ckpt.latest_step(), ckpt.directory)
+        records.write_run_records(workdir, config)
     else:
+        records.write_run_records(workdir, config)
         task.prepare()
         state = jax.jit(task.init, out_shardings=state_sh)(rng)
         state = jax.device_put(task.warm_start(state), state_sh)
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    if not meta:
         writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
     step = int(jax.device_get(state.step))
     phase = task.phase(step)

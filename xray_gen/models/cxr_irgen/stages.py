@@ -41,6 +41,7 @@ from xray_gen.nn import clip as clip_nn
 from xray_gen.nn.autoencoder_kl import AutoencoderKL, VAEConfig
 from xray_gen.nn.bart import REPORT_TOKENIZER_IDS, bart_config
 from xray_gen.training import loop
+from xray_gen.training.checkpoint import Checkpointer
 
 STAGES = ("autoencoder", "clip", "language", "prior")
 LATENT_SCALE_FILE = "latent_scale.json"
@@ -64,6 +65,26 @@ def stage_config(config, stage: str) -> ml_collections.ConfigDict:
     c.train.checkpoint_every = max(1, min(int(s.steps), int(config.train.checkpoint_every)))
     c.train.stop_at_step = -1
     return c
+
+
+def stage_mismatch(config, stage: str, directory: str, error: Exception) -> ValueError:
+    """A clear error for a prepared stage whose checkpoint does not fit this config (e.g.
+    `language.pretrained` set over a `prepared_dir` whose language stage was trained from scratch):
+    names the `cxr_irgen.<stage>` settings that differ from those the checkpoint was trained with."""
+    sections = (stage, "language") if stage == "prior" else (stage,)  # the prior's width is the language's
+    try:
+        saved = json.loads(Checkpointer(os.path.join(directory, "checkpoints")).restore_meta()["config"])["cxr_irgen"]
+    except (OSError, KeyError, ValueError, TypeError):
+        saved = {}
+    diffs = []
+    for section in sections:
+        now, then = config.cxr_irgen[section].to_dict(), saved.get(section, {})
+        for key in sorted(set(now) | set(then)):
+            if key not in ("steps", "batch_size", "learning_rate") and now.get(key, "") != then.get(key, ""):
+                diffs.append(f"cxr_irgen.{section}.{key} is {now.get(key, '')!r}, was {then.get(key, '')!r}")
+    found = "; ".join(diffs) if diffs else str(error)
+    return ValueError(f"CXR-IRGen stage {stage!r} in {directory} was trained with other settings ({found}): use "
+                      "a new --workdir (or --config.cxr_irgen.prepared_dir), or the settings it was trained with")
 
 
 # ---- network builders (shared with the main task, sampling and evaluation) ----------------------

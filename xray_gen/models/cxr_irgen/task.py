@@ -35,6 +35,7 @@ from xray_gen.nn.unet2d import UNet2DConditionModel, UNetConfig
 from xray_gen.nn.uvit import UViT, uvit_config
 from xray_gen.training import loop
 from xray_gen.training.accumulation import accumulate
+from xray_gen.training.checkpoint import CheckpointMismatchError
 
 BACKBONES = ("uvit", "unet")
 
@@ -162,10 +163,13 @@ class CxrIRGenTask(loop.Task):
             task = stages.PriorTask(c, tok, ae, self.latent_stats(), text)
         else:
             task = stages.STAGE_TASKS[name](c, tok)
-        if train:
-            logging.info("CXR-IRGen: stage %s in %s", name, self.stage_dir(name))
-            loop.train(task, task.config, self.stage_dir(name))
-        state, _ = loop.restore_latest(task, task.config, self.stage_dir(name))
+        try:
+            if train:
+                logging.info("CXR-IRGen: stage %s in %s", name, self.stage_dir(name))
+                loop.train(task, task.config, self.stage_dir(name))
+            state, _ = loop.restore_latest(task, task.config, self.stage_dir(name))
+        except CheckpointMismatchError as e:
+            raise stages.stage_mismatch(c, name, self.stage_dir(name), e) from e
         return task, state.params
 
     def latent_stats(self) -> dict:
