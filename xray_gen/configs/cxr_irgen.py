@@ -128,9 +128,9 @@ def _cpu(c):
     c.data.phantom.memoize = True  # reference images are re-read every epoch
     c.data.worker_count = 0
     c.train.batch_size = 32
-    # Measured here (2 cores): the five stages take ~16 min (autoencoder 7, CLIP 1, language 2.5,
+    # Measured here (2 cores): the five stages take ~15 min (autoencoder 5.5, CLIP 1, language 2.5,
     # prior 3.5, classifier 2.5) and the U-ViT denoiser ~1.0 s per step: 1700 steps keep the run
-    # under 45 minutes (the 2000-step run took 47).
+    # under 45 minutes (44.5 measured; the 2000-step run with a 500-step prior took 47).
     c.train.num_steps = 1_700
     c.train.eval_every = 0
     c.train.checkpoint_every = 300
