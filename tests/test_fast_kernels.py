@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from xray_gen.nn.attention import multi_head_attention
+from xray_gen.nn import attention
+from xray_gen.nn.attention import heads_per_chunk, multi_head_attention
 from xray_gen.nn.conv import im2col_conv, im2col_conv_general_dilated, uses_im2col
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -65,6 +66,40 @@ def test_attention_value_width_and_scale_as_sagan():
     g_ref = jax.grad(lambda v: jnp.sum(jnp.einsum("bqk,bkc->bqc", jax.nn.softmax(
         jnp.einsum("bqc,bkc->bqk", q[:, :, 0], k[:, :, 0]), -1), v[:, :, 0]) ** 2))(v)
     np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_heads_per_chunk_divides_heads_and_stays_off_accelerators():
+    mb = 1 << 20
+    assert heads_per_chunk(64, 1024, 1024, "cpu") == 1  # 4 MB per head: one head per chunk
+    assert heads_per_chunk(64, 256, 256, "cpu") == 16
+    assert heads_per_chunk(64, 1024, 77, "cpu") == 8  # 13 would fit; 8 is the largest divisor of 64 below
+    assert heads_per_chunk(6, 1024, 1024, "cpu") == 1
+    assert heads_per_chunk(4, 256, 256, "cpu") == 0  # 1 MB in all: one pass
+    assert heads_per_chunk(64, 1024, 1024, "gpu") == 0
+    assert attention.CHUNK_BYTES == 4 * mb
+
+
+@pytest.mark.parametrize("value_width,scale", [(4, None), (6, 1.0)])
+def test_chunked_attention_matches_jax_values_and_gradients(monkeypatch, value_width, scale):
+    """The chunked CPU path (forced here on small shapes: 2 heads per chunk over 3 chunks) computes
+    the same values and all three derivatives, values wider than keys included."""
+    monkeypatch.setattr(attention, "CHUNK_BYTES", 2 * 5 * 7 * 4)
+    assert heads_per_chunk(6, 5, 7, "cpu") == 2
+    q, k, _ = _qkv()
+    v = jax.random.normal(jax.random.PRNGKey(6), (2, 7, 3, value_width))
+    factor = 4 ** -0.5 if scale is None else scale
+
+    def reference(q, k, v):  # softmax attention written out, any value width
+        probs = jax.nn.softmax(jnp.einsum("btnh,bsnh->bnts", q, k) * factor, axis=-1)
+        return jnp.einsum("bnts,bsnv->btnv", probs, v)
+
+    np.testing.assert_allclose(multi_head_attention(q, k, v, scale=scale), reference(q, k, v), rtol=1e-5, atol=1e-5)
+    cot = jax.random.normal(jax.random.PRNGKey(9), q.shape[:3] + (value_width,))
+    loss = lambda f: (lambda q, k, v: jnp.sum(f(q, k, v) * cot))
+    ours = jax.jit(jax.grad(loss(lambda q, k, v: multi_head_attention(q, k, v, scale=scale)), argnums=(0, 1, 2)))
+    ref = jax.grad(loss(reference), argnums=(0, 1, 2))
+    for name, a, b in zip("qkv", ours(q, k, v), ref(q, k, v)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=f"d{name}")
 
 
 def test_attention_rejects_mismatched_shapes():
