@@ -676,14 +676,16 @@ def ours_pggan(batch: int, args, workdir: str) -> dict:
 
 def emixer_config(batch: int):
     """The paper config (128 px, ch 64, attention at 64, z 120, label embedding 128, 2 D steps)
-    with 3 channels as BigGAN, `batch` images per D step and per G step, and the report side (F,
-    D_report, D_joint) as small as the model allows: BigGAN has none of it."""
+    with 3 channels as BigGAN, `batch` images per D step and per G step, without SSGAN's rotation
+    loss (its four rotations quadruple the critic's batches; BigGAN has no such term), and the report
+    side (F, D_report, D_joint) as small as the model allows: BigGAN has none of it."""
     from xray_gen.configs.emixer import get_config
 
     c = get_config("")
     c.train.batch_size = batch * c.emixer.d_steps  # one slice per D step, the G step reuses the first
     e = c.emixer
     e.out_channels = 3
+    e.rotation_loss = False
     e.classifier_variant = "smoke"  # F's DenseNet
     e.vocab_size, e.max_sentences, e.max_words = 64, 1, 4
     e.f_hidden, e.word_layers = 16, 1

@@ -222,6 +222,29 @@ def test_gradient_accumulation_step_runs_and_bad_split_is_named(trained):
         main.run(config_other, workdir, "train")
 
 
+def test_rotation_loss_off_leaves_the_rotation_head_alone(trained):
+    """emixer.rotation_loss=False (BigGAN's critic step): no rotation term, so D's rotation head gets
+    no gradient while the rest of D trains; with it on, the head moves."""
+    from xray_gen.models.emixer.task import _params
+    from xray_gen.training import loop
+
+    config, workdir = trained
+    batch = None
+    for rotation_loss in (True, False):
+        c = config.copy_and_resolve_references()
+        c.emixer.rotation_loss = rotation_loss
+        task = main.make_task(c, workdir)
+        state, _ = loop.restore_latest(task, c, workdir)
+        state = state.replace(disc_opt=task.disc_tx.init(_params(state.disc)))  # no momentum from training
+        batch = batch or jax.tree.map(jnp.asarray, next(iter(task.train_loader())))
+        new, metrics = jax.jit(task.train_step)(state, batch)
+        moved = lambda name: any(not np.array_equal(a, b) for a, b in zip(
+            jax.tree.leaves(jax.device_get(state.disc["image"]["params"][name])),
+            jax.tree.leaves(jax.device_get(new.disc["image"]["params"][name]))))
+        assert moved("rotation") == rotation_loss and moved("linear")
+        assert (float(metrics["d_rotation"]) > 0) == rotation_loss and np.isfinite(float(metrics["d_loss"]))
+
+
 def test_f_pretrain_phase_trains_f_alone(trained):
     """Phase 0 (emixer.f_pretrain_steps) moves only F's parameters and lowers its teacher-forced loss;
     entering the joint phase resets the G/F Adam moments."""

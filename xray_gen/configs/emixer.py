@@ -68,6 +68,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     e.f_adversarial_weight = 1.0  # scale of the adversarial gradient reaching F's own parameters
     e.stop_weight = 1.0
     e.orthogonal_reg = 0.0  # BigGAN's 1e-4 as an option
+    e.rotation_loss = True  # SSGAN rotation self-supervision of D_image (False: BigGAN's critic step, 4x fewer D images)
     e.ema_decay = 0.9999
     e.label_fraction = 1.0  # 0.3 / 0.5: the few-label settings
     e.classifier_variant = "cpu"

@@ -4,7 +4,8 @@ One jitted step = `d_steps` discriminator updates (each on its own slice of the 
 one joint update of G and F:
 - D_image: hinge on real vs generated images with the projection term for labelled rows only
   (unlabelled rows still train its unconditional and rotation heads), plus 1.0 x rotation CE on
-  the four rotations of the real images (SSGAN; the GAN loss sees unrotated images only).
+  the four rotations of the real images (SSGAN; the GAN loss sees unrotated images only;
+  `emixer.rotation_loss=False` drops both rotation terms and their 4x critic batches, as BigGAN).
 - D_report / D_joint: hinge on real reports (one-hot ids) vs F's reports of generated images
   (softmax distributions through the same embedding), alone and paired with their image.
 - G and F: the three generator hinge terms + 0.2 x rotation CE on rotated generated images, and
@@ -226,6 +227,19 @@ class EmixerTask(loop.Task):
         real = aug.to_float(batch["frontal"])
         return jnp.repeat(real, 3, axis=-1) if self.config.emixer.out_channels == 3 else real
 
+    def _critic_inputs(self, images, y, has):
+        """D_image's batch: with rotation self-supervision the four rotations (labels and the
+        projection term only on the unrotated quarter) and their rotation labels; else the images."""
+        if not self.config.emixer.get("rotation_loss", True):
+            return images, y, has, None
+        rotated, rot_labels = losses.rotate_batch(images)
+        b = images.shape[0]
+        return rotated, jnp.tile(y, (4, 1)), jnp.concatenate([has, jnp.zeros(3 * b)]), rot_labels
+
+    @staticmethod
+    def _rotation_term(out, rot_labels):
+        return jnp.zeros(()) if rot_labels is None else losses.rotation_loss(out.rotation_logits, rot_labels)
+
     def _teacher(self, f_vars, m):
         """F's teacher-forced loss on real pairs: (loss, (new F variables, {"f_word_ce", "f_stop_bce"}))."""
         out, upd = self.F.apply(f_vars, m["real"], m["ids"], train=True, mutable=MUTABLE)
@@ -277,14 +291,13 @@ class EmixerTask(loop.Task):
 
                 def d_loss_fn(params):
                     variables = {k: {**disc_vars[k], "params": params[k]} for k in disc_vars}
-                    rotated, rot_labels = losses.rotate_batch(m["real"])
-                    out_real, upd = self.D.apply(variables["image"], rotated, jnp.tile(m["y"], (4, 1)),
-                                                 jnp.concatenate([m["has"], jnp.zeros(3 * b)]), train=True,
+                    images, y_real, has, rot_labels = self._critic_inputs(m["real"], m["y"], m["has"])
+                    out_real, upd = self.D.apply(variables["image"], images, y_real, has, train=True,
                                                  mutable=[SPECTRAL_STATS])
                     out_fake, _ = self.D.apply({**variables["image"], **upd}, fake, y_fake, jnp.ones(b), train=True,
                                                mutable=[SPECTRAL_STATS])
                     image_gan = losses.d_loss(out_real.score[:b], out_fake.score, e.loss)
-                    rotation = losses.rotation_loss(out_real.rotation_logits, rot_labels)
+                    rotation = self._rotation_term(out_real, rot_labels)
                     report_gan = losses.d_loss(self.D_report.apply(variables["report"], m["ids"], m["mask"]),
                                                self.D_report.apply(variables["report"], fake_dist, fake_mask), e.loss)
                     joint_real, j_upd = self.D_joint.apply(variables["joint"], m["real"], m["ids"], m["mask"], train=True,
@@ -320,12 +333,10 @@ class EmixerTask(loop.Task):
                 f_adv = e.get("f_adversarial_weight", 1.0)
                 g_adv = g if f_adv == 1.0 else {**g, "F": {**g["F"], "params": _scale_gradient(g["F"]["params"], f_adv)}}
                 fake, report, new_gen = self._generate(g_adv, z, y_fake, k_f, True)
-                rotated, rot_labels = losses.rotate_batch(fake)
-                out, _ = self.D.apply(d_vars["image"], rotated, jnp.tile(y_fake, (4, 1)),
-                                      jnp.concatenate([jnp.ones(b), jnp.zeros(3 * b)]), train=False,
-                                      mutable=[SPECTRAL_STATS])
+                images, y_in, has_in, rot_labels = self._critic_inputs(fake, y_fake, jnp.ones(b))
+                out, _ = self.D.apply(d_vars["image"], images, y_in, has_in, train=False, mutable=[SPECTRAL_STATS])
                 adv_image = losses.g_loss(out.score[:b], e.loss)
-                rotation = losses.rotation_loss(out.rotation_logits, rot_labels)
+                rotation = self._rotation_term(out, rot_labels)
                 adv_report = losses.g_loss(self.D_report.apply(d_vars["report"], report["dist"], report["mask"]), e.loss)
                 joint, _ = self.D_joint.apply(d_vars["joint"], fake, report["dist"], report["mask"], train=False,
                                               mutable=[SPECTRAL_STATS])
