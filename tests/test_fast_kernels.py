@@ -114,36 +114,43 @@ def test_attention_rejects_mismatched_shapes():
 
 @pytest.mark.parametrize("hw,kernel,stride,padding", [
     (8, 3, 2, "SAME"), (9, 3, 2, "SAME"), (8, 4, 2, ((1, 1), (1, 1))), (7, 1, 2, "VALID"), (8, 3, 3, "VALID"),
+    # kernels larger than their output, some taps reading only padding (dropped)
+    (2, 3, 1, "SAME"), (1, 3, 1, "SAME"), (4, 4, 1, "VALID"), (2, 3, 2, "SAME"), (1, 3, 1, ((2, 2), (2, 2))),
+    (3, 5, 1, ((0, 4), (3, 1))),
 ])
 def test_im2col_conv_matches_lax(hw, kernel, stride, padding):
+    """Values and both first derivatives."""
     kx, kw = jax.random.split(jax.random.PRNGKey(0))
     x = jax.random.normal(kx, (2, hw, hw, 3))
     w = jax.random.normal(kw, (kernel, kernel, 3, 5))
-    ref = lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=DN)
-    np.testing.assert_allclose(im2col_conv(x, w, (stride, stride), padding), ref, rtol=1e-5, atol=1e-5)
+    lax_conv = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=DN)
+    ours = lambda x, w: im2col_conv(x, w, (stride, stride), padding)
+    np.testing.assert_allclose(ours(x, w), lax_conv(x, w), rtol=1e-5, atol=1e-5)
+    cot = jax.random.normal(jax.random.PRNGKey(7), lax_conv(x, w).shape)
+    grads = lambda conv: jax.grad(lambda x, w: jnp.sum(conv(x, w) * cot), argnums=(0, 1))(x, w)
+    for a, b in zip(grads(ours), grads(lax_conv)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_im2col_conv_second_order_gradients_match_lax():
-    """A WGAN-GP critic's loss: the kernel gradient of the squared input-gradient norm."""
-    kx, kw = jax.random.split(jax.random.PRNGKey(1))
-    x = jax.random.normal(kx, (2, 8, 8, 3))
-    w = 0.3 * jax.random.normal(kw, (3, 3, 3, 4))
-
-    def penalty(conv):
-        def f(w):
-            gx = jax.grad(lambda x: jnp.sum(jnp.tanh(conv(x, w))))(x)
-            return jnp.sum(gx ** 2)
-        return f
-
-    ours = jax.grad(penalty(lambda x, w: im2col_conv(x, w, (2, 2), "SAME")))(w)
-    ref = jax.grad(penalty(lambda x, w: lax.conv_general_dilated(x, w, (2, 2), "SAME", dimension_numbers=DN)))(w)
-    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
+def test_im2col_conv_of_padding_only_is_zero():
+    x = jnp.ones((1, 1, 1, 3))
+    w = jnp.ones((1, 1, 3, 4))
+    args = ((3, 1), ((2, 0), (0, 0)))  # the one output row reads the top padding only
+    out = im2col_conv(x, w, *args)
+    ref = lax.conv_general_dilated(x, w, *args, dimension_numbers=DN)
+    assert out.shape == ref.shape == (1, 1, 1, 4)
+    np.testing.assert_array_equal(out, ref)
 
 
-def test_im2col_dispatch_only_for_strided_nhwc_convs_on_cpu():
+def test_im2col_dispatch_only_for_strided_or_tiny_nhwc_convs_on_cpu():
     dn = lax.conv_dimension_numbers((1, 8, 8, 3), (3, 3, 3, 4), DN)
     assert uses_im2col((1, 8, 8, 3), (3, 3, 3, 4), (2, 2), dimension_numbers=dn, backend="cpu")
     assert not uses_im2col((1, 8, 8, 3), (3, 3, 3, 4), (1, 1), dimension_numbers=dn, backend="cpu")
+    assert not uses_im2col((1, 8, 8, 3), (3, 3, 3, 4), (1, 1), dimension_numbers=dn, backend="cpu", padding="SAME")
+    assert not uses_im2col((1, 3, 3, 3), (3, 3, 3, 4), (1, 1), dimension_numbers=dn, backend="cpu", padding="SAME")
+    assert uses_im2col((1, 2, 2, 3), (3, 3, 3, 4), (1, 1), dimension_numbers=dn, backend="cpu", padding="SAME")
+    assert uses_im2col((1, 4, 4, 3), (4, 4, 3, 4), (1, 1), dimension_numbers=dn, backend="cpu")  # 1x1 output
+    assert not uses_im2col((1, 2, 2, 3), (3, 3, 3, 4), (1, 1), dimension_numbers=dn, backend="gpu", padding="SAME")
     assert not uses_im2col((1, 8, 8, 3), (3, 3, 3, 4), (2, 2), dimension_numbers=dn, backend="gpu")
     assert not uses_im2col((1, 8, 8, 3), (3, 3, 3, 4), (2, 2), rhs_dilation=(2, 2), dimension_numbers=dn,
                            backend="cpu")

@@ -11,6 +11,9 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+# Its last dense block at 64 px convolves 2x2 maps with 3x3 kernels: matmuls on the CPU (xray_gen/nn/conv.py).
+from xray_gen.nn.conv import Conv
+
 DENSENET121_BLOCKS = (6, 12, 24, 16)
 
 
@@ -23,9 +26,9 @@ class _DenseLayer(nn.Module):
     def __call__(self, x, train: bool):
         norm = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name=name)
         y = nn.relu(norm("norm1")(x))
-        y = nn.Conv(self.bn_size * self.growth_rate, (1, 1), use_bias=False, dtype=self.dtype, name="conv1")(y)
+        y = Conv(self.bn_size * self.growth_rate, (1, 1), use_bias=False, dtype=self.dtype, name="conv1")(y)
         y = nn.relu(norm("norm2")(y))
-        y = nn.Conv(self.growth_rate, (3, 3), padding=1, use_bias=False, dtype=self.dtype, name="conv2")(y)
+        y = Conv(self.growth_rate, (3, 3), padding=1, use_bias=False, dtype=self.dtype, name="conv2")(y)
         return jnp.concatenate([x, y], axis=-1)
 
 
@@ -46,9 +49,9 @@ class DenseNet(nn.Module):
         norm = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name=name)
         x = x.astype(self.dtype)
         if self.small_input:
-            x = nn.Conv(self.init_features, (3, 3), padding=1, use_bias=False, dtype=self.dtype, name="conv0")(x)
+            x = Conv(self.init_features, (3, 3), padding=1, use_bias=False, dtype=self.dtype, name="conv0")(x)
         else:
-            x = nn.Conv(self.init_features, (7, 7), strides=2, padding=3, use_bias=False, dtype=self.dtype, name="conv0")(x)
+            x = Conv(self.init_features, (7, 7), strides=2, padding=3, use_bias=False, dtype=self.dtype, name="conv0")(x)
         x = nn.relu(norm("norm0")(x))
         if not self.small_input:
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -60,7 +63,7 @@ class DenseNet(nn.Module):
             if b != len(self.block_sizes) - 1:
                 channels = int(channels * self.compression)
                 x = nn.relu(norm(f"transition{b}_norm")(x))
-                x = nn.Conv(channels, (1, 1), use_bias=False, dtype=self.dtype, name=f"transition{b}_conv")(x)
+                x = Conv(channels, (1, 1), use_bias=False, dtype=self.dtype, name=f"transition{b}_conv")(x)
                 x = nn.avg_pool(x, (2, 2), strides=(2, 2))
         x = nn.relu(norm("norm_final")(x))
         features = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)

@@ -11,6 +11,10 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+# The last stages of a ResNet-18 at 32-64 px convolve 2x2 and 1x1 maps with 3x3 kernels: this Conv
+# runs those as matmuls on the CPU, where XLA's convolution was 10-50x slower (xray_gen/nn/conv.py).
+from xray_gen.nn.conv import Conv
+
 RESNET18_STAGES = (2, 2, 2, 2)
 
 
@@ -24,13 +28,13 @@ class BasicBlock(nn.Module):
         norm = lambda name, **kw: nn.BatchNorm(
             use_running_average=not train, momentum=0.9, dtype=self.dtype, name=name, **kw
         )
-        y = nn.Conv(self.features, (3, 3), self.strides, padding=1, use_bias=False, dtype=self.dtype, name="conv1")(x)
+        y = Conv(self.features, (3, 3), self.strides, padding=1, use_bias=False, dtype=self.dtype, name="conv1")(x)
         y = nn.relu(norm("bn1")(y))
-        y = nn.Conv(self.features, (3, 3), padding=1, use_bias=False, dtype=self.dtype, name="conv2")(y)
+        y = Conv(self.features, (3, 3), padding=1, use_bias=False, dtype=self.dtype, name="conv2")(y)
         # Zero-initialised last BN scale: each block starts as the identity (Goyal et al. 2017).
         y = norm("bn2", scale_init=nn.initializers.zeros)(y)
         if x.shape[-1] != self.features or self.strides != 1:
-            x = nn.Conv(self.features, (1, 1), self.strides, use_bias=False, dtype=self.dtype, name="down_conv")(x)
+            x = Conv(self.features, (1, 1), self.strides, use_bias=False, dtype=self.dtype, name="down_conv")(x)
             x = norm("down_bn")(x)
         return nn.relu(x + y)
 
@@ -47,9 +51,9 @@ class ResNet(nn.Module):
     def __call__(self, x, train: bool = False):
         x = x.astype(self.dtype)
         if self.small_input:
-            x = nn.Conv(self.widths[0], (3, 3), padding=1, use_bias=False, dtype=self.dtype, name="stem_conv")(x)
+            x = Conv(self.widths[0], (3, 3), padding=1, use_bias=False, dtype=self.dtype, name="stem_conv")(x)
         else:
-            x = nn.Conv(self.widths[0], (7, 7), 2, padding=3, use_bias=False, dtype=self.dtype, name="stem_conv")(x)
+            x = Conv(self.widths[0], (7, 7), 2, padding=3, use_bias=False, dtype=self.dtype, name="stem_conv")(x)
         x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name="stem_bn")(x))
         if not self.small_input:
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))

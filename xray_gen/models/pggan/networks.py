@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xray_gen.nn.conv import small_output_conv_general_dilated
+
 LEAK = 0.2
 
 
@@ -50,7 +52,8 @@ class EqualizedConv(nn.Module):
         kernel = self.param("kernel", nn.initializers.normal(1.0), (k, k, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         scaled = (kernel * he_scale(k * k * x.shape[-1], self.gain)).astype(x.dtype)
-        y = jax.lax.conv_general_dilated(x, scaled, (1, 1), self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        # the 4x4 critic head (a 1x1 output) runs as a matmul on the CPU (xray_gen/nn/conv.py)
+        y = small_output_conv_general_dilated(x, scaled, (1, 1), self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return y + bias.astype(x.dtype)
 
 

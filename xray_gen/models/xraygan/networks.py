@@ -80,10 +80,11 @@ class _Norm(nn.Module):
 
 
 def _conv(features, dtype, kernel=3, stride=1, name=None):
-    # Strided convs as patches + matmul on CPU: the critic's gradient penalty differentiates them
-    # twice, which XLA:CPU otherwise runs on a slow generic path (xray_gen/nn/conv.py).
-    extra = {"conv_general_dilated": im2col_conv_general_dilated} if stride > 1 else {}
-    return nn.Conv(features, (kernel, kernel), strides=stride, padding="SAME", dtype=dtype, name=name, **extra)
+    # Strided convs (and kernels larger than their output) as patches + matmul on CPU: the critic's
+    # gradient penalty differentiates them twice, which XLA:CPU otherwise runs on a slow generic path
+    # (xray_gen/nn/conv.py).
+    return nn.Conv(features, (kernel, kernel), strides=stride, padding="SAME", dtype=dtype, name=name,
+                   conv_general_dilated=im2col_conv_general_dilated)
 
 
 class _ResBlock(nn.Module):
