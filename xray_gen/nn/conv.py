@@ -58,19 +58,17 @@ def uses_im2col(lhs_shape, rhs_shape, window_strides, lhs_dilation=None, rhs_dil
     """Whether `im2col_conv_general_dilated` takes the matmul path for this convolution (with
     `strided=False`: only for an output smaller than the kernel)."""
     ones = lambda d: d is None or all(int(v) == 1 for v in d)
-    if len(lhs_shape) != 4:
-        return False
-    strides = tuple(int(s) for s in window_strides)
-    kernel_hw, hw = tuple(rhs_shape[:2]), tuple(lhs_shape[1:3])
-    tiny_output = False
-    if dimension_numbers is not None and _is_nhwc_hwio(dimension_numbers, lhs_shape, rhs_shape):
-        pads = _pads(hw, kernel_hw, strides, padding)
-        tiny_output = any(_output_size(n, k, s, p) < k for n, k, s, p in zip(hw, kernel_hw, strides, pads))
-    return (((strided and any(s > 1 for s in strides)) or tiny_output)
-            and ones(lhs_dilation) and ones(rhs_dilation)
+    if not (len(lhs_shape) == 4 and ones(lhs_dilation) and ones(rhs_dilation)
             and feature_group_count == 1 and batch_group_count == 1
             and (backend or jax.default_backend()) == "cpu"
-            and _is_nhwc_hwio(dimension_numbers, lhs_shape, rhs_shape))
+            and _is_nhwc_hwio(dimension_numbers, lhs_shape, rhs_shape)):
+        return False
+    strides = tuple(int(s) for s in window_strides)
+    if strided and any(s > 1 for s in strides):
+        return True
+    kernel_hw, hw = tuple(rhs_shape[:2]), tuple(lhs_shape[1:3])
+    pads = _pads(hw, kernel_hw, strides, padding)
+    return any(_output_size(n, k, s, p) < k for n, k, s, p in zip(hw, kernel_hw, strides, pads))
 
 
 def _live_taps(size: int, kernel: int, stride: int, pad: tuple[int, int], out: int) -> range:
@@ -101,8 +99,7 @@ def im2col_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding
         raise ValueError(f"convolution of a {h}x{w} input with a {kh}x{kw} kernel and padding {pads} is empty")
     rows, cols = _live_taps(h, kh, sh, pads[0], ho), _live_taps(w, kw, sw, pads[1], wo)
     if not rows or not cols:  # every tap reads padding only
-        shape = (b, ho, wo, out)
-        return jnp.zeros(shape, preferred_element_type or jnp.result_type(x, kernel))
+        return jnp.zeros((b, ho, wo, out), preferred_element_type or jnp.result_type(x, kernel))
     xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)))
     taps = [lax.slice(xp, (0, i, j, 0), (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
             for i in rows for j in cols]
