@@ -262,6 +262,12 @@ def compile_columns(stats: dict) -> dict[str, Any]:
     }
 
 
+def with_frozen(compiled, frozen):
+    """`(state, batch) -> compiled(state, frozen, batch)`: a loop step with its frozen variables bound
+    as the argument they are (never a constant of the program), for `time_train_step`."""
+    return lambda state, batch: compiled(state, frozen, batch)
+
+
 def time_train_step(compiled, state, batch, *, warmup: int, repeats: int, steps: int,
                     flops: float | None, peak_flops: float) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """Times `state, metrics = compiled(state, batch)` carried over steps; returns the last

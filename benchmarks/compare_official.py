@@ -706,14 +706,17 @@ def ours_emixer(batch: int, args) -> dict:
     rep = replicated(mesh)
     batch_arr = to_global(host, mesh)
     state = jax.jit(task.init, out_shardings=rep)(jax.random.PRNGKey(config.seed))
-    step_fn = jax.jit(task.train_step, in_shardings=(rep, batch_sharding(mesh)), out_shardings=(rep, rep),
+    step_fn = jax.jit(task.train_step, in_shardings=(rep, rep, batch_sharding(mesh)), out_shardings=(rep, rep),
                       donate_argnums=0)
-    return _time_ours(step_fn, state, batch_arr, args)
+    return _time_ours(step_fn, state, batch_arr, args, frozen={})
 
 
-def _time_ours(step_fn, state, batch, args) -> dict:
-    stats = common.compile_stats(step_fn, state, batch)
+def _time_ours(step_fn, state, batch, args, frozen=None) -> dict:
+    """`step_fn(state, batch)`, or the loop's `step_fn(state, frozen, batch)` when `frozen` is given."""
+    extra = () if frozen is None else (frozen,)
+    stats = common.compile_stats(step_fn, state, *extra, batch)
     compiled = stats.pop("compiled")
+    compiled = compiled if frozen is None else common.with_frozen(compiled, frozen)
     _, _, timing = common.time_train_step(compiled, state, batch, warmup=args.warmup, repeats=args.repeats,
                                           steps=args.steps, flops=stats["flops"], peak_flops=args.peak_flops or 150e9)
     return {"step_s": timing["step_ms_median"] / 1e3, "flops": stats["flops"], "compile_s": stats["compile_total_s"]}

@@ -85,10 +85,11 @@ def bench_phase(task, phase: int, holder: dict, mesh, args) -> dict:
     state = task.enter_phase(holder.pop("state"), phase)
     holder["state"] = state.replace(step=jax.device_put(jnp.int32(start), rep))
 
-    step_fn = jax.jit(task.phase_step(phase), in_shardings=(rep, batch_sharding(mesh)), out_shardings=(rep, rep),
+    step_fn = jax.jit(task.phase_step(phase), in_shardings=(rep, rep, batch_sharding(mesh)), out_shardings=(rep, rep),
                       donate_argnums=0)
-    stats = common.compile_stats(step_fn, holder["state"], batch)
-    compiled = stats.pop("compiled")  # run exactly what was compiled: no second compile
+    frozen = jax.device_put(task.frozen(phase), rep)
+    stats = common.compile_stats(step_fn, holder["state"], frozen, batch)
+    compiled = common.with_frozen(stats.pop("compiled"), frozen)  # run exactly what was compiled: no second compile
     label = phase_label(task, phase)
     print(f"phase {phase} {label} (batch {batch_size}): compiled in {stats['compile_total_s']:.1f} s, "
           f"{(stats['flops'] or 0) / 1e9:.2f} GFLOP/step", flush=True)

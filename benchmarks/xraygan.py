@@ -105,10 +105,11 @@ def bench_phase(task, phase: int, holder: dict, mesh, args) -> dict:
     jax.block_until_ready(batch)
     batch_s = time.perf_counter() - t0
 
-    step_fn = jax.jit(task.phase_step(phase), in_shardings=(rep, batch_sharding(mesh)), out_shardings=(rep, rep),
+    step_fn = jax.jit(task.phase_step(phase), in_shardings=(rep, rep, batch_sharding(mesh)), out_shardings=(rep, rep),
                       donate_argnums=0)
-    stats = common.compile_stats(step_fn, holder["state"], batch)
-    compiled = stats.pop("compiled")  # run exactly what was compiled: no second compile
+    frozen = jax.device_put(task.frozen(phase), rep)  # the loop's argument: the phase's (untrained) VCN
+    stats = common.compile_stats(step_fn, holder["state"], frozen, batch)
+    compiled = common.with_frozen(stats.pop("compiled"), frozen)  # run exactly what was compiled: no second compile
     label = phase_label(kind, stage)
     print(f"phase {phase} {label} (batch {batch_size}): compiled in {stats['compile_total_s']:.1f} s, "
           f"{(stats['flops'] or 0) / 1e9:.2f} GFLOP/step", flush=True)
@@ -152,7 +153,7 @@ def bench_sampling(task, state, args) -> dict:
     inputs, notes = sampling.encode_report(task.tokenizer, SAMPLE_REPORT, x.max_sentences, x.max_words)
     if inputs is None:
         raise RuntimeError(f"the benchmark report was skipped: {notes}")
-    generate = jax.jit(lambda g_params, batch, rng: task._generate_stages(g_params, batch, rng, last))
+    generate = jax.jit(lambda g_params, batch, rng: task.generate_stages(g_params, batch, rng, last))
     rng = make_key(task.config.sample.seed, args.prng)
     stats = common.compile_stats(generate, state.g_params, inputs, rng)
     compiled = stats.pop("compiled")

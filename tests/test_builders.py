@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from xray_gen.data import builders, schema
-from xray_gen.data.builders import common
+from xray_gen.data.builders.splits import hash_split
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import fixtures_real as fx  # noqa: E402
@@ -93,12 +93,12 @@ def test_unknown_dataset_and_split(tmp_path):
 
 
 def test_split_hash_is_deterministic_and_patient_level():
-    a = [common.hash_split(f"p{i}", (0.7, 0.1, 0.2), 0) for i in range(2000)]
-    b = [common.hash_split(f"p{i}", (0.7, 0.1, 0.2), 0) for i in range(2000)]
+    a = [hash_split(f"p{i}", (0.7, 0.1, 0.2), 0) for i in range(2000)]
+    b = [hash_split(f"p{i}", (0.7, 0.1, 0.2), 0) for i in range(2000)]
     assert a == b
     frac = {s: a.count(s) / len(a) for s in builders.SPLITS}
     assert abs(frac["train"] - 0.7) < 0.05 and abs(frac["test"] - 0.2) < 0.05
-    c = [common.hash_split(f"p{i}", (0.7, 0.1, 0.2), 1) for i in range(2000)]
+    c = [hash_split(f"p{i}", (0.7, 0.1, 0.2), 1) for i in range(2000)]
     assert a != c
 
 
@@ -156,7 +156,7 @@ def test_openi_hash_split_and_option_configs(openi, tmp_path):
         src = builder.as_data_source(split=split)
         for i in range(len(src)):
             pid = _text(src[i]["patient_id"])
-            assert common.hash_split(pid, (0.5, 0.25, 0.25), 0) == split
+            assert hash_split(pid, (0.5, 0.25, 0.25), 0) == split
             seen[pid] = split
     assert set(seen) == set().union(*info["studies"].values())
 
@@ -244,7 +244,7 @@ def test_chestxray14_splits_labels(nih):
     assert train_val == info["train_val"]
     for split in ("train", "validation"):
         for ex in splits.get(split, []):
-            expected = common.hash_split(_text(ex["patient_id"]), (0.6, 0.4, 0.0), opts["split_seed"])
+            expected = hash_split(_text(ex["patient_id"]), (0.6, 0.4, 0.0), opts["split_seed"])
             assert expected == split
     by_id = {_text(ex["study_id"]): ex for exs in splits.values() for ex in exs}
     l1 = schema.Study.from_example(by_id["00000001_000"]).labels

@@ -15,7 +15,7 @@ import pytest
 from absl import flags
 from PIL import Image
 
-from xray_gen import main
+from xray_gen import main, runner
 from xray_gen.configs import cxr_irgen as configs
 from xray_gen.data.pipeline import PhantomSource
 from xray_gen.models.cxr_irgen import stages
@@ -201,7 +201,7 @@ def test_unet_condition_appends_one_reference_token_and_trains(run):
     np.testing.assert_array_equal(cond["mask"][:, n], 1.0)
     # The step traces through the U-Net (shapes only: compiling its backward pass costs minutes on 2 cores).
     state = jax.eval_shape(task.init, jax.random.PRNGKey(0))
-    new, metrics = jax.eval_shape(task.train_step, state, jax.tree.map(jnp.asarray, batch))
+    new, metrics = jax.eval_shape(task.train_step, state, task.frozen(), jax.tree.map(jnp.asarray, batch))
     assert new.params == state.params and metrics["loss"].shape == ()
     # The reference token reaches the denoiser's output.
     params = task.init(jax.random.PRNGKey(0)).params
@@ -268,8 +268,8 @@ def test_pretrained_diffusers_autoencoder_and_unet_plug_into_the_pipeline(run, t
     config.cxr_irgen.unet.pretrained = unet_dir
     task = CxrIRGenTask(config, str(tmp_path / "work"))
     assert task.denoiser.config.block_out_channels == (16, 16)  # the folder's architecture, not the config's
-    ae_task, ae = task._stage("autoencoder", train=True)
-    assert ae_task is None  # loaded, never trained
+    assert "autoencoder" not in [p.name for p in task.prerequisites()]  # loaded, never trained
+    ae = stages.load_stage(task.prepared, "autoencoder")
     _tree_close(ae, vae_params)
     stats = task.latent_stats()
     assert stats["latent_scale"] == 0.5 and not np.any(stats["latent_shift"])
@@ -329,6 +329,8 @@ def test_pretrained_transformers_clip_plugs_into_the_pipeline(run, tmp_path):
     config.cxr_irgen.clip.pretrained = folder
     task = CxrIRGenTask(config, str(tmp_path / "work"))
     assert (task.prompt_len, task.clip.text.width, task.clip.vision.image_size) == (40, 24, 16)
+    assert "clip" not in [p.name for p in task.prerequisites()]
+    runner.train_prerequisites(task)
     task.prepare()
     assert not os.path.exists(prepared / "clip")  # never trained
     _tree_close(task.frozen()["clip"], clip_params)
@@ -341,7 +343,7 @@ def test_pretrained_transformers_clip_plugs_into_the_pipeline(run, tmp_path):
     assert bpe.decode(batch["prompt_ids"][0]).startswith("a chest x ray image")
     state = task.init(jax.random.PRNGKey(0))
     assert jax.eval_shape(lambda: task.condition_of(task.frozen()["clip"], batch))["context"].shape == (8, 1, 24)
-    new, metrics = jax.jit(task.train_step)(state, jax.tree.map(jnp.asarray, batch))
+    new, metrics = jax.jit(task.train_step)(state, task.frozen(), jax.tree.map(jnp.asarray, batch))
     assert int(new.step) == 1 and np.isfinite(float(metrics["loss"]))
 
     raw = np.asarray(batch["labels"][:2])
@@ -474,7 +476,7 @@ def test_pretrained_transformers_bart_starts_the_language_stage(run, tmp_path):
     assert task.text_model.config == dataclasses.replace(bart_weights.bart_config_of(folder), dropout=0.1)
     assert task.prior.config.out_dim == 32  # the folder's d_model, not language.size's
 
-    language_task = stages.TextAutoencoderTask(config, task.tokenizer)
+    language_task = stages.stage_task(task.prepared, "language")
     first = language_task.warm_start(language_task.init(jax.random.PRNGKey(0)))
     _tree_close(first.params["bart"], bart_params)  # every parameter starts from the folder's
     n, sections = config.cxr_irgen.report_len, tuple(config.cxr_irgen.report_sections)
@@ -483,10 +485,11 @@ def test_pretrained_transformers_bart_starts_the_language_stage(run, tmp_path):
     batch = next(iter(language_task.train_loader()))
     for ids, mask in zip(batch["report_ids"], batch["report_mask"]):
         assert tuple(ids) in want and ids[0] == bpe.bos_id and ids[int(mask.sum()) - 1] == bpe.eos_id
-    prior_batch = next(iter(stages.PriorTask(config, task.tokenizer).train_loader()))
+    prior_batch = next(iter(stages.stage_task(task.prepared, "prior").train_loader()))
     assert all(tuple(ids) in want for ids in prior_batch["report_ids"])
 
-    task.prepare()  # the language stage fine-tunes from the folder, the prior trains on its vectors
+    runner.train_prerequisites(task)  # the language stage fine-tunes from the folder, the prior trains on its vectors
+    task.prepare()
     tuned = task.frozen()["language"]["bart"]
     steps, lr = config.cxr_irgen.language.steps, config.cxr_irgen.language.learning_rate
     drift = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
@@ -495,7 +498,7 @@ def test_pretrained_transformers_bart_starts_the_language_stage(run, tmp_path):
 
     state = task.init(jax.random.PRNGKey(0))
     main_batch = next(iter(task.train_loader()))
-    state, metrics = jax.jit(task.train_step)(state, jax.tree.map(jnp.asarray, main_batch))
+    state, metrics = jax.jit(task.train_step)(state, task.frozen(), jax.tree.map(jnp.asarray, main_batch))
     assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))
     inputs, _ = sampling.condition_inputs(task, np.asarray(main_batch["labels"][:2]), [0, 1])
     out = sampling.generate_pairs(task, state, inputs, [0, 1], 2)
@@ -526,7 +529,7 @@ def test_pretrained_bart_over_stages_trained_from_scratch_names_the_setting(run,
     want = re.escape(f"stage 'language' in {prepared}/language was trained with other settings "
                      f"(cxr_irgen.language.pretrained is '{folder}', was '')")
     with pytest.raises(ValueError, match=want):
-        task.prepare()
+        runner.train_prerequisites(task)
     assert (prepared / "language" / "config.json").read_text() == recorded
     with pytest.raises(ValueError, match="stage 'language' .* was trained with other settings"):
         task.frozen()

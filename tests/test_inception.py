@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from xray_gen.evaluation import torch_checkpoint
 from xray_gen.evaluation import weights_import as wi
 from xray_gen.nn import inception
 
@@ -278,7 +279,7 @@ def test_malicious_pickle_refused(tmp_path):
         wi.read_state_dict(bad)
     assert not marker.exists()
     with pytest.raises(wi.UnsafePickleError, match="opcode"):
-        wi._interpret(io.BytesIO(pickle.dumps({1, 2}, protocol=4)))  # EMPTY_SET not allowed
+        torch_checkpoint._interpret(io.BytesIO(pickle.dumps({1, 2}, protocol=4)))  # EMPTY_SET not allowed
 
 
 def test_count_include_pad_false():
@@ -318,7 +319,7 @@ def test_forward_shapes_299(zip_path):
 def test_malformed_pickles_refused():
     for payload in (b"\x80\x02R.", b"\x80\x02]q\x00(]q\x01K\x01u.", b"\x80\x02", b"garbage"):
         with pytest.raises(wi.UnsafePickleError):
-            wi._interpret(io.BytesIO(payload))
+            torch_checkpoint._interpret(io.BytesIO(payload))
 
 
 def test_inception_extractor_on_grey_uint8(tmp_path, zip_path):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from xray_gen.data.labeler import label_report, label_sentence, split_sentences
+from xray_gen.data.labeler import label_report, label_sentence
 from xray_gen.data.schema import LABEL_INDEX
 
 NAN = float("nan")
@@ -101,9 +101,26 @@ def test_no_finding_rule():
     assert np.all(np.isnan(label_report("   ")))
 
 
-def test_sentences_split_on_periods_but_not_decimals():
-    assert split_sentences("A 2.5 cm nodule. No effusion.\n1. Cardiomegaly") == [
-        "A 2.5 cm nodule", "No effusion", "Cardiomegaly"]
+@pytest.mark.parametrize("text, expected", [
+    # a decimal is not a sentence end: "No" still scopes over the nodule
+    ("No 2.5 cm nodule. Effusion.\n1. Cardiomegaly",
+     {"Lung Lesion": 0, "Pleural Effusion": 1, "Cardiomegaly": 1}),
+    # a wrapped line is one sentence: "No" scopes over the wrapped "pneumothorax"
+    ("No pleural effusion or\npneumothorax.", {"Pleural Effusion": 0, "Pneumothorax": 0}),
+    # cleaned sentences joined by newlines (no final periods): each line is a sentence
+    ("no pneumothorax\ncardiomegaly", {"Pneumothorax": 0, "Cardiomegaly": 1}),
+    # "?" ends "Pneumothorax?", so "No" does not reach back and "?" does not reach forward
+    ("Pneumothorax? No effusion.", {"Pneumothorax": 1, "Pleural Effusion": 0}),
+    # ... but the "? pneumonia" query prefix is an uncertainty cue inside its sentence
+    ("Right basal opacity, ? pneumonia. No effusion.",
+     {"Lung Opacity": 1, "Pneumonia": -1, "Pleural Effusion": 0}),
+    # abbreviations do not end sentences: "vs." keeps the effusion uncertain
+    ("Called at 10:30 a.m. today. Atelectasis vs. effusion.", {"Atelectasis": -1, "Pleural Effusion": -1}),
+])
+def test_report_sentences_split_by_shared_splitter(text, expected):
+    got = label_report(text)
+    for name, value in expected.items():
+        assert got[LABEL_INDEX[name]] == value, (name, got[LABEL_INDEX[name]])
 
 
 def test_mimic_style_report():

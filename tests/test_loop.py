@@ -59,7 +59,7 @@ class RegressionTask(loop.Task):
         w = jax.random.normal(rng, (4,))
         return RegState(jnp.zeros((), jnp.int32), rng, w, self.tx.init(w))
 
-    def train_step(self, state, batch):
+    def train_step(self, state, frozen, batch):
         noise = jax.random.normal(jax.random.fold_in(state.rng, state.step), (4,)) * 0.01
 
         def loss_fn(w):
@@ -171,8 +171,8 @@ class TwoPhaseTask(RegressionTask):
         return 0 if step < 4 else 1
 
     def phase_step(self, phase):
-        def step(state, batch):
-            new, metrics = self.train_step(state, batch)
+        def step(state, frozen, batch):
+            new, metrics = self.train_step(state, frozen, batch)
             if phase == 1:
                 new = new.replace(w=state.w + 0.5 * (new.w - state.w))
             return new, {**metrics, "batch": jnp.float32(batch["x"].shape[0])}
@@ -217,14 +217,14 @@ def test_atomic_open_gives_plain_open_permissions(tmp_path):
 class EvaluatedRegressionTask(RegressionTask):
     """Its `--mode=evaluate` writes through eval_dir and fails once, at step 6."""
 
-    def final_report(self, state, workdir):
+    def final_report(self, state, workdir, checkpoint_step=None):
         from xray_gen.evaluation.protocol import eval_dir
 
         step = int(state.step)
         if step == 6:
             raise RuntimeError("evaluation bug")
-        os.makedirs(eval_dir(workdir), exist_ok=True)
-        with open(os.path.join(eval_dir(workdir), "result.json"), "w") as f:
+        os.makedirs(eval_dir(workdir, checkpoint_step), exist_ok=True)
+        with open(os.path.join(eval_dir(workdir, checkpoint_step), "result.json"), "w") as f:
             json.dump({"step": step}, f)
         return {"metrics": {"w0": float(state.w[0]), "nested": {"step": step}, "undefined": float("nan"), "note": "x"}}
 

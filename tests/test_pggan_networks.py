@@ -119,7 +119,7 @@ def test_growth_keeps_weights_and_trains_only_used_levels():
     task = PGGANTask(config, workdir=None)
     state = task.init(jax.random.PRNGKey(0))
     batch = {"frontal": np.random.default_rng(0).integers(0, 255, (8, 4, 4, 1), dtype=np.uint8)}
-    new, metrics = jax.jit(task.phase_step(0))(state, batch)
+    new, metrics = jax.jit(task.phase_step(0))(state, {}, batch)
     assert jax.tree.structure(new.g_params) == jax.tree.structure(state.g_params)
     changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), state.g_params, new.g_params)
     g = changed["params"]

@@ -30,9 +30,10 @@ def _config(prepared_dir, **archive):
 
 
 def test_schedule_and_alpha():
-    task = PGGANTask(pggan_config.get_config("smoke"))
+    config = pggan_config.get_config("smoke")
+    task = PGGANTask(config)
     assert [(level, fade, steps) for level, fade, steps in task.phases] == [(0, 0, 2), (1, 2, 4), (2, 2, 4)]
-    assert task.config.train.num_steps == FINAL_STEP
+    assert task.num_steps() == FINAL_STEP and config.train.num_steps == -1  # derived, the config untouched
     assert [task.phase(s) for s in range(FINAL_STEP)] == [0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
     # alpha of the step trained after `s` steps: level 1's fade-in is steps 3-4 (s = 2, 3).
     assert [float(task.alpha(s, task.phase(s))) for s in range(2, 6)] == [0.5, 1.0, 1.0, 1.0]

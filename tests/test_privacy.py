@@ -190,4 +190,7 @@ def test_report_verbatim_copies_and_placeholder_leaks():
     assert pairs[1]["generated"] == 1 and pairs[1]["train"] == 1 and 0 < pairs[1]["jaccard"] < 1
     assert out["reference"]["copied_sentences"] == 1 and out["reference"]["verbatim_count"] == 0
     assert privacy.word_ngrams("a b", 4) == frozenset([("a", "b")]) and not privacy.word_ngrams("...", 4)
-    assert privacy.split_sentences("No effusion.  Heart normal!\nOK") == ["no effusion", "heart normal", "ok"]
+    assert privacy.normalised_sentences("No effusion.  Heart normal!\nOK") == ["no effusion", "heart normal", "ok"]
+    # the shared splitter: abbreviations and list numbers are not sentences of their own
+    assert privacy.normalised_sentences("1. Seen by Dr. XXXX.\n2. NO  change") == ["seen by dr. xxxx", "no change"]
+    assert privacy.normalise_sentence("  No   Effusion?! ") == "no effusion" and privacy.normalised_sentences(" . ") == []

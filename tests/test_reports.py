@@ -1,5 +1,6 @@
 """Tests for xray_gen.data.reports: sections, sentences, cleaning."""
 
+import numpy as np
 import pytest
 
 from xray_gen.data.reports import (
@@ -9,6 +10,7 @@ from xray_gen.data.reports import (
     report_sentences,
     split_sentences,
 )
+from xray_gen.data.schema import CHEXPERT_LABELS, LABEL_INDEX
 
 MIMIC_REPORT = """                                 FINAL REPORT
  WET READ: ___ ___ ___ 10:30 AM
@@ -124,10 +126,71 @@ def test_openi_xxxx_text():
         ("Lungs clear\nHeart normal\n\nno effusion", ["Lungs clear", "Heart normal", "no effusion"]),
         ("The lungs are clear.No effusion.", ["The lungs are clear.", "No effusion."]),
         ("", []),
+        # decimals, abbreviations, no final period
+        ("ET tube 3.5 cm above the carina. Effusion, e.g. loculated", ["ET tube 3.5 cm above the carina.",
+                                                                     "Effusion, e.g. loculated"]),
+        ("Seen by Dr. Jones, i.e. the fellow. Size 0.5 x 12.25 mm", ["Seen by Dr. Jones, i.e. the fellow.",
+                                                                   "Size 0.5 x 12.25 mm"]),
+        # whitespace runs, blank lines, CRLF, whitespace-only and None
+        ("No effusion.   Heart   normal.\n\n\n  Lungs clear.", ["No effusion.", "Heart normal.", "Lungs clear."]),
+        ("Lungs are\r\nclear.\r\nNo effusion.", ["Lungs are clear.", "No effusion."]),
+        (" \n\t\n  ", []),
+        (None, []),
+        # missing space after a full stop before a lower-case word (glued generated text)
+        ("the lungs are clear.no effusion.", ["the lungs are clear.", "no effusion."]),
+        # a wrapped line is joined; newline-joined unpunctuated sentences are one per line
+        ("No pleural effusion or\npneumothorax.", ["No pleural effusion or pneumothorax."]),
+        ("no pneumothorax\ncardiomegaly\nsmall effusion", ["no pneumothorax", "cardiomegaly", "small effusion"]),
+        # "? pneumonia" (query prefix) stays in its sentence; "?" after a word ends one
+        ("Basal opacity, ? pneumonia. No effusion.", ["Basal opacity, ? pneumonia.", "No effusion."]),
+        ("Opacity. ? Pneumonia.", ["Opacity.", "? Pneumonia."]),
+        ("Pneumothorax ? No.", ["Pneumothorax ?", "No."]),
+        # a section header alone is not a sentence and does not swallow its body; sub-headings do
+        ("FINDINGS:\nthe lungs are clear.\nIMPRESSION:\nno change.", ["the lungs are clear.", "no change."]),
+        ("IMPRESSION: 1. Edema. 2. No effusion.", ["Edema.", "No effusion."]),
+        ("LUNGS:\nclear.", ["LUNGS: clear."]),
     ],
 )
 def test_split_sentences(text, expected):
     assert split_sentences(text) == expected
+
+
+TRICKY_REPORT = """FINDINGS:
+Heart size is mildly
+enlarged, measuring 1.5 cm more than
+prior.  No pleural effusion or
+pneumothorax. Discussed with Dr. Smith, e.g. by phone at 10:30 a.m. today
+
+IMPRESSION:
+1. Mild cardiomegaly
+2. ? pneumonia"""
+
+
+def test_labeler_and_privacy_use_the_shared_splitter(monkeypatch):
+    from xray_gen.data import labeler, reports
+    from xray_gen.evaluation import privacy
+
+    sentences = split_sentences(TRICKY_REPORT)
+    assert sentences == [
+        "Heart size is mildly enlarged, measuring 1.5 cm more than prior.",
+        "No pleural effusion or pneumothorax.",
+        "Discussed with Dr. Smith, e.g. by phone at 10:30 a.m. today",
+        "Mild cardiomegaly",
+        "? pneumonia",
+    ]
+    # privacy = the same sentences, only normalised for comparison
+    assert privacy.normalised_sentences(TRICKY_REPORT) == [privacy.normalise_sentence(s) for s in sentences]
+    # the labeler labels exactly these sentences
+    got = labeler.label_report(TRICKY_REPORT)
+    want = np.full(len(CHEXPERT_LABELS), np.nan, np.float32)
+    for name, v in {"Cardiomegaly": 1, "Pleural Effusion": 0, "Pneumothorax": 0, "Pneumonia": -1}.items():
+        want[LABEL_INDEX[name]] = v
+    np.testing.assert_array_equal(got, want)
+    # both call it at run time (no private copy): a replaced splitter changes what they see
+    monkeypatch.setattr(reports, "split_sentences", lambda text: text.split("|"))
+    assert privacy.normalised_sentences("No effusion. Heart normal|OK") == ["no effusion. heart normal", "ok"]
+    assert labeler.label_report("No effusion|edema")[LABEL_INDEX["Edema"]] == 1  # two "sentences"
+    assert labeler.label_report("No effusion. Edema")[LABEL_INDEX["Edema"]] == 0  # one "sentence"
 
 
 @pytest.mark.parametrize(

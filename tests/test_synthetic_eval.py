@@ -12,6 +12,7 @@ from xray_gen.configs import classifier as classifier_config
 from xray_gen.data.pipeline import PhantomSource
 from xray_gen.data.schema import CHEXPERT_LABELS, LABEL_INDEX, binarize
 from xray_gen.evaluation import synthetic
+from xray_gen.models import utility
 
 from test_archive_source import write_archive  # tests/ is on sys.path
 
@@ -131,7 +132,7 @@ def test_gan_train_trains_on_the_archive_and_tests_on_the_real_test_split(tmp_pa
     config = classifier_config.get_config("smoke")
     with config.unlocked():  # one validation (on the archive) and one checkpoint, at the end
         config.train.eval_every = config.train.checkpoint_every = config.train.num_steps
-    result = synthetic.gan_train(archive, config.data, config, str(tmp_path / "work"))
+    result = utility.gan_train(archive, config.data, config, str(tmp_path / "work"))
     assert set(CHEXPERT_LABELS) | {"macro"} == set(result["auroc"])
     assert result["num_test"] == config.data.phantom.test_size  # the REAL (phantom) test split, all of it
     assert result["test_source"] == "phantom/test"
@@ -139,7 +140,7 @@ def test_gan_train_trains_on_the_archive_and_tests_on_the_real_test_split(tmp_pa
     assert a["size"] == 48 and a["train_size"] + a["validation_size"] == 48 and a["validation_size"] > 0
     assert result["train_steps"] == config.train.num_steps
     assert 0.0 <= result["macro_auroc"] <= 1.0
-    again = synthetic.gan_train(archive, config.data, config, str(tmp_path / "work"))  # resumes: nothing to train
+    again = utility.gan_train(archive, config.data, config, str(tmp_path / "work"))  # resumes: nothing to train
     assert again["auroc"] == result["auroc"]
 
 

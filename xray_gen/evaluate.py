@@ -64,7 +64,7 @@ from typing import Any, Dict, Optional, Sequence
 from absl import logging
 
 # Layout: the inputs come from evaluation.generated_folder (the PNG folder + metadata.csv),
-# evaluation.real_splits (reference and training splits) and evaluation.trained_networks (classifier,
+# evaluation.real_splits (reference and training splits) and models.restore (classifier,
 # VCN); each metric section is a module of evaluation.sections, which also writes report.html. This
 # module only wires them together and records the protocol.
 from xray_gen.evaluation.generated_folder import (INPUT_RESIZE, VIEWS, GeneratedSet, MetadataError,
@@ -73,7 +73,7 @@ from xray_gen.evaluation.real_splits import RealSet, load_reference, parse_refer
 from xray_gen.evaluation.sections import SECTIONS
 from xray_gen.evaluation.sections.context import Context, collect_skips
 from xray_gen.evaluation.sections.report_page import write_html
-from xray_gen.evaluation.trained_networks import load_classifier, load_vcn
+from xray_gen.models.restore import load_classifier, load_vcn
 
 __all__ = ["MetadataError", "GeneratedSet", "RealSet", "load_generated", "load_reference", "evaluate"]
 

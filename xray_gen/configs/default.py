@@ -69,12 +69,35 @@ def get_default() -> ml_collections.ConfigDict:
     return c
 
 
-def apply_variant(c: ml_collections.ConfigDict, variant: str, variants: dict) -> ml_collections.ConfigDict:
-    """Applies `variants[variant]` to `c`; an unknown variant fails listing the valid ones."""
-    if variant not in variants:
-        valid = ", ".join(repr(v) for v in variants)
-        raise ValueError(f"unknown config variant {variant!r}; valid variants: {valid}")
-    variants[variant](c)
+def apply_variant(c: ml_collections.ConfigDict, variant: str, sizes: dict, options: dict | None = None,
+                  renamed: dict | None = None) -> ml_collections.ConfigDict:
+    """Applies a composable variant: comma-separated parts, at most one size (`sizes`: '' the
+    paper's, 'cpu', 'smoke', ...) and any options (`options`: name -> f(c, size) or, for
+    `name=value`, f(c, size, value)), e.g. 'cpu,labels=0.3' or 'official'. The size applies
+    first, then the options in order; each option sees the size (a cpu budget may differ by option).
+    An unknown part fails listing the valid ones; `renamed` maps old product names to their parts."""
+    options = options or {}
+    parts = [p.strip() for p in variant.split(",") if p.strip()]
+    size_parts = [p for p in parts if p in sizes]
+    if len(size_parts) > 1:
+        raise ValueError(f"config variant {variant!r} names two sizes: {size_parts}")
+    size = size_parts[0] if size_parts else ""
+    sizes[size](c)
+    for part in parts:
+        if part in sizes:
+            continue
+        name, has_value, value = part.partition("=")
+        if renamed and part in renamed:
+            raise ValueError(f"config variant {part!r} is now written {renamed[part]!r}")
+        if name not in options:
+            valid = ", ".join([repr(s) for s in sizes] + [f"{o}" for o in options])
+            raise ValueError(f"unknown config variant part {part!r} in {variant!r}; valid: sizes and options {valid}")
+        option = options[name]
+        takes_value = option.__code__.co_argcount == 3
+        if takes_value != bool(has_value):
+            form = f"{name}=VALUE" if takes_value else name
+            raise ValueError(f"config variant option {part!r}: write it as {form!r}")
+        option(c, size, value) if takes_value else option(c, size)
     c.variant = variant
     return c
 

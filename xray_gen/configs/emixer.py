@@ -5,8 +5,9 @@
       --labels="Cardiomegaly,Pleural Effusion"
   python -m xray_gen.main --config=configs/emixer.py:cpu --workdir=/tmp/emixer --mode=evaluate
 
-Variants: '' (paper: 128 px, batch 512, BigGAN ch 64), 'labels30' / 'labels50' (the few-label
-settings), 'cpu' (64 px on the phantom, 28 minutes on 2 cores as measured), 'cpu_labels30', 'smoke'.
+Variants: a size, '' (paper: 128 px, batch 512, BigGAN ch 64), 'cpu' (64 px on the phantom, 28
+minutes on 2 cores as measured) or 'smoke', with the option 'labels=F' (the few-label settings,
+e.g. 'labels=0.3' or 'cpu,labels=0.3').
 """
 
 import ml_collections
@@ -83,22 +84,18 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # Augmentation experiment (paper Table 1: 100k real + up to 600k generated): the evaluation
     # classifier retrained on real + N generated images for each N; () skips it.
     c.eval.augmentation_images = (100_000,)
-    return apply_variant(c, variant, {
-        "": _paper, "labels30": _labels30, "labels50": _labels50, "cpu": _cpu, "cpu_labels30": _cpu_labels30,
-        "smoke": _smoke,
-    })
+    return apply_variant(c, variant, {"": _paper, "cpu": _cpu, "smoke": _smoke}, {"labels": _labels},
+                         renamed={"labels30": "labels=0.3", "labels50": "labels=0.5", "cpu_labels30": "cpu,labels=0.3"})
 
 
 def _paper(c):
     pass
 
 
-def _labels30(c):
-    c.emixer.label_fraction = 0.3
-
-
-def _labels50(c):
-    c.emixer.label_fraction = 0.5
+def _labels(c, size, fraction):
+    """The few-label settings (paper: labels=0.3, labels=0.5): each study keeps its labels with
+    this probability."""
+    c.emixer.label_fraction = float(fraction)
 
 
 def _cpu(c):
@@ -152,11 +149,6 @@ def _cpu(c):
     e.classifier_steps = 600
     c.eval.num_generated = 500
     c.eval.augmentation_images = (8_000,)  # as many as the real train split
-
-
-def _cpu_labels30(c):
-    _cpu(c)
-    c.emixer.label_fraction = 0.3
 
 
 def _smoke(c):

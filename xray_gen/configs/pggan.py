@@ -6,10 +6,11 @@
   python -m xray_gen.main --config=configs/pggan.py:cpu --workdir=/tmp/pggan --mode=evaluate
 
 Grows 4x4 -> `data.resolution`, one training phase per resolution (fade-in then stable; a new
-resolution recompiles once, alpha is traced; both are in the checkpoint). Variants: '' (paper:
-1024 px, 800k + 800k images per scale), '256', '64', 'official' (the official code's whole-batch
-minibatch stddev, 3 channels and its batch sizes / 2M images at the last scale), 'cpu' (64 px on
-the phantom in about half an hour on 2 cores), 'smoke' (seconds; tests).
+resolution recompiles once, alpha is traced; both are in the checkpoint). Variants: a size, ''
+(paper: 1024 px, 800k + 800k images per scale), '256', '64', 'cpu' (64 px on the phantom in about
+half an hour on 2 cores) or 'smoke' (seconds; tests), with the option 'official' (the official
+code's whole-batch minibatch stddev, 3 channels and, at paper sizes, 2M images at the last scale):
+e.g. '256,official'.
 """
 
 import ml_collections
@@ -73,9 +74,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
     c.eval.split = "test"  # the paper's Tables 1-2 use the real test split
     c.eval.num_generated = 2_000  # generated images for FID / prevalence
-    return apply_variant(c, variant, {
-        "": _paper, "256": _res256, "64": _res64, "official": _official, "cpu": _cpu, "smoke": _smoke,
-    })
+    return apply_variant(c, variant, {"": _paper, "256": _res256, "64": _res64, "cpu": _cpu, "smoke": _smoke},
+                         {"official": _official})
 
 
 def _paper(c):
@@ -90,10 +90,11 @@ def _res64(c):
     c.data.resolution = 64
 
 
-def _official(c):
+def _official(c, size):
     c.pggan.mbstd_group = 0
     c.pggan.out_channels = 3
-    c.pggan.final_stable_images = 1_200_000
+    if size in ("", "256", "64"):  # the official schedule is a paper-size one
+        c.pggan.final_stable_images = 1_200_000
 
 
 def _cpu(c):

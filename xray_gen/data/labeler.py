@@ -5,9 +5,10 @@
 for one sentence. The same labeler scores real, phantom and generated reports.
 
 Rules, in order:
-1. The text is split into sentences (periods not between digits, '?', '!', newlines, list numbers)
-   and each sentence into clauses at scope breakers ('but', 'however', 'although', ';', 'except',
-   'which', 'and there', 'whereas', 'while').
+1. The text is split into sentences by `xray_gen.data.reports.split_sentences` (the tokenizer's
+   splitter: decimals, abbreviations, list numbers, wrapped lines) and each sentence into clauses
+   at scope breakers ('but', 'however', 'although', ';', 'except', 'which', 'and there',
+   'whereas', 'while').
 2. Mentions are found by synonym patterns per observation. 'Neutral' mentions (heart size, cardiac
    silhouette, mediastinum, cardiomediastinal silhouette, lungs, costophrenic angles) only count
    when a modifier binds to them: a modifier within three words before ('normal heart size',
@@ -38,6 +39,7 @@ import re
 
 import numpy as np
 
+from xray_gen.data import reports
 from xray_gen.data.schema import CHEXPERT_LABELS, LABEL_INDEX, NUM_LABELS
 
 _W = r"(?:\w[\w-]*)"
@@ -136,15 +138,9 @@ _MOD_RE = {k: [(_alt(u), -1.0) for u in [v[2]] if u] + [(_alt(v[0]), 0.0)] + [(_
 _PRE_UNC, _POST_UNC = re.compile(r"(?:\b|(?<=\s))(?:" + "|".join(PRE_UNC) + r")(?!\w)"), _alt(POST_UNC)
 _PRE_NEG, _POST_NEG = _alt(PRE_NEG), _alt(POST_NEG)
 _VERSUS = re.compile(r"\b(?:versus|vs)\b")
-_SENT_SPLIT = re.compile(r"(?<!\d)\.(?!\d)|[!\n]")
 _NO_CHANGE = re.compile(r"\b(?:no|without) (?:significant |interval |appreciable |substantial )*change\b")
 _BREAK = re.compile(BREAKERS)
 PATHOLOGIES = tuple(n for n in CHEXPERT_LABELS if n not in ("No Finding", "Support Devices"))
-
-
-def split_sentences(text: str) -> list[str]:
-    parts = [re.sub(r"^\s*(?:\d+\s*[.)]\s*)+", "", s).strip() for s in _SENT_SPLIT.split(text or "")]
-    return [p for p in parts if re.search(r"[a-zA-Z]", p)]
 
 
 def _clause_status(clause: str, start: int, end: int) -> float:
@@ -219,7 +215,7 @@ def label_sentence(sentence: str) -> dict[str, float]:
 def label_report(text: str) -> np.ndarray:
     """CheXpert-style label vector (14,) float32 of a report (any sections, any order)."""
     out = np.full((NUM_LABELS,), np.nan, np.float32)
-    sentences = split_sentences(text)
+    sentences = reports.split_sentences(text)
     if not sentences:
         return out
     per: dict[str, list[float]] = {}

@@ -211,19 +211,30 @@ _NOT_END_BEFORE_NUMBER = {"no", "nos", "num", "nr", "vol", "pg", "p"}
 
 _LIST_MARKER = re.compile(r"^\(?(\d{1,2})[.)]$")
 _CLOSERS = "\"')]}"
+_PROSE_STOP = re.compile(r"[.!?][\"')\]}]*\s+[A-Z]")  # a sentence end inside a line of prose
+
+
+def _is_header(line: str) -> bool:
+    """A section header alone ("FINDINGS:", "WET READ:"), not a sub-heading such as "LUNGS:"."""
+    m = _LINE_HEADER.match(line)
+    return m is not None and not line[m.end():].strip() and _classify_header(m.group("name")) is not None
 
 
 def _split_lines(paragraph: str) -> list[str]:
     """Join wrapped lines; a newline is a boundary before a list item or a capitalised line, or
-    after a line ending in sentence punctuation."""
+    after a line ending in sentence punctuation or a section header. A paragraph without a full
+    stop at a line end or before a capital is not prose but one sentence per line (a sentence
+    list joined with newlines, e.g. cleaned sentences, which are lower case without final stop)."""
     lines = [ln.strip() for ln in paragraph.split("\n") if ln.strip()]
+    if not any(ln.rstrip(_CLOSERS).endswith(".") or _PROSE_STOP.search(ln) for ln in lines):
+        return lines
     segments: list[str] = []
     for line in lines:
         if segments:
             prev = segments[-1]
             starts_item = re.match(r"^\(?\d{1,2}[.)]\s", line) is not None
             starts_capital = line[0].isupper() and not line.startswith(("XXXX",))
-            if starts_item or starts_capital or prev.rstrip(_CLOSERS)[-1:] in ".!?":
+            if starts_item or starts_capital or prev.rstrip(_CLOSERS)[-1:] in ".!?" or _is_header(prev):
                 segments.append(line)
             else:
                 segments[-1] = prev + " " + line
@@ -232,10 +243,12 @@ def _split_lines(paragraph: str) -> list[str]:
     return segments
 
 
-def _ends_sentence(word: str, next_word: str | None) -> bool:
+def _ends_sentence(word: str, next_word: str | None, first: bool) -> bool:
     core = word.rstrip(_CLOSERS)
     if not core:
         return False
+    if core == "?":  # a lone "?" is usually the "query" prefix ("? pneumonia"), an uncertainty cue
+        return next_word is None or (not first and next_word[:1].isupper())
     if core[-1] in "!?":
         return True
     if core[-1] != ".":
@@ -258,8 +271,9 @@ def _ends_sentence(word: str, next_word: str | None) -> bool:
 
 
 def _split_segment(segment: str) -> list[str]:
-    # "clear.No effusion" -> "clear. No effusion" (missing space after a full stop).
-    segment = re.sub(r"(?<=[a-z]{2})\.(?=[A-Z][a-z])", ". ", segment)
+    # "clear.No effusion" / "clear.no effusion" -> "clear. No effusion" (missing space after a
+    # full stop; "e.g.x", "1.5" and "St.Mary" do not match).
+    segment = re.sub(r"(?<=[a-z]{2})\.(?=[A-Za-z][a-z])", ". ", segment)
     # "1.Cardiomegaly" / "2)No" -> "1. Cardiomegaly" at word starts (not decimals: needs a letter).
     segment = re.sub(r"(?:(?<=^)|(?<=\s))(\(?\d{1,2}[.)])(?=[A-Za-z])", r"\1 ", segment)
     words = segment.split()
@@ -278,7 +292,7 @@ def _split_segment(segment: str) -> list[str]:
                 last_marker = number
                 continue
         current.append(word)
-        if _ends_sentence(word, nxt):
+        if _ends_sentence(word, nxt, len(current) == 1):
             sentences.append(current)
             current = []
     if current:
@@ -289,18 +303,20 @@ def _split_segment(segment: str) -> list[str]:
 def split_sentences(text: str) -> list[str]:
     """Split report text into sentences (original case and punctuation kept, numbering removed).
 
-    Handles decimals ("1.5 cm", "2.3 x 1.1 cm"), numbered lists ("1. A. 2. B." and "1) A 2) B";
-    an unpunctuated item ends where the next consecutive number starts), abbreviations ("e.g.",
-    "i.e.", "Dr.", "approx.", "vs.", "St.", "Fig.", "no. 3"), de-identification tokens ("XXXX",
-    "___"), times ("10:30 a.m." ends a sentence only before a capitalised word) and newlines
-    (blank lines always split; a single newline splits before a list item or a capitalised line,
-    or after sentence punctuation, otherwise it is a wrapped line and is joined).
+    The package's only splitter, so the tokenizer, the labeler and the privacy checks agree on
+    what a sentence is. Handles decimals ("1.5 cm", "2.3 x 1.1 cm"), numbered lists ("1. A. 2. B."
+    and "1) A 2) B"; an unpunctuated item ends where the next number starts), abbreviations
+    ("e.g.", "i.e.", "Dr.", "approx.", "vs.", "St.", "Fig.", "no. 3"), de-identification tokens
+    ("XXXX", "___"), times ("10:30 a.m." ends a sentence only before a capital), a missing space
+    ("clear.No"), the "? pneumonia" query prefix (kept with its sentence, it is a cue) and
+    newlines: see `_split_lines` (wrapped prose is joined, newline-joined sentence lists are not).
+    A section header alone ("FINDINGS:") is not a sentence.
     """
     text = unicodedata.normalize("NFKC", text or "").replace("\r\n", "\n").replace("\r", "\n")
     out: list[str] = []
     for paragraph in re.split(r"\n[ \t]*\n", text):
         for segment in _split_lines(paragraph):
-            out.extend(s for s in _split_segment(segment) if re.search(r"[A-Za-z0-9_]", s))
+            out.extend(s for s in _split_segment(segment) if re.search(r"[A-Za-z0-9_]", s) and not _is_header(s))
     return out
 
 

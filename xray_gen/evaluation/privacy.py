@@ -65,10 +65,11 @@ Reports (:func:`report_privacy`)
   gram), computed with sparse matrix products over chunks of the streamed training reports;
 - verbatim-copy rate: the generated report equals a training report after lower-casing and
   collapsing whitespace;
-- copied-sentence rate: sentences (split after ``.!?`` or at line breaks, lower-cased,
-  whitespace collapsed, final ``.!?`` dropped) of generated reports that occur verbatim in a
-  training report. Radiology boilerplate ("no pneumothorax.") is copied by any model, so the same
-  rates for real held-out reports are reported as the baseline;
+- copied-sentence rate: sentences (:func:`xray_gen.data.reports.split_sentences`, then
+  :func:`normalise_sentence`: lower-cased, whitespace collapsed, final ``.!?`` dropped) of
+  generated reports that occur verbatim in a training report. Radiology boilerplate ("no
+  pneumothorax.") is copied by any model, so the same rates for real held-out reports are
+  reported as the baseline;
 - de-identification placeholder leaks per report (:data:`PLACEHOLDER_PATTERNS`: Open-i ``XXXX``,
   MIMIC-CXR ``___``, MIMIC-III ``[**...**]``), also counted in the training and reference reports.
 
@@ -87,6 +88,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xray_gen.data import reports
 from xray_gen.evaluation.metrics import bootstrap_ci
 
 __all__ = [
@@ -101,7 +103,8 @@ __all__ = [
     "reidentification_score",
     "image_privacy",
     "normalise_report",
-    "split_sentences",
+    "normalise_sentence",
+    "normalised_sentences",
     "word_ngrams",
     "placeholder_counts",
     "PLACEHOLDER_PATTERNS",
@@ -575,7 +578,6 @@ PLACEHOLDER_PATTERNS: Dict[str, str] = {
 
 _WS = re.compile(r"\s+")
 _WORD = re.compile(r"[a-z0-9]+")
-_SENT = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
 def normalise_report(text: str) -> str:
@@ -583,14 +585,14 @@ def normalise_report(text: str) -> str:
     return _WS.sub(" ", str(text)).strip().lower()
 
 
-def split_sentences(text: str) -> List[str]:
-    """Normalised sentences: split after .!? + whitespace or at line breaks; final .!? dropped."""
-    out = []
-    for s in _SENT.split(str(text)):
-        s = normalise_report(s).rstrip(".!? ").strip()
-        if s:
-            out.append(s)
-    return out
+def normalise_sentence(sentence: str) -> str:
+    """`normalise_report` with the final .!? dropped, so "No effusion." and "no  effusion" match."""
+    return normalise_report(sentence).rstrip(".!? ").strip()
+
+
+def normalised_sentences(text: str) -> List[str]:
+    """The shared splitter's sentences of ``text``, normalised for verbatim comparison."""
+    return [n for n in (normalise_sentence(s) for s in reports.split_sentences(str(text))) if n]
 
 
 def word_ngrams(text: str, n: int = 4) -> frozenset:
@@ -655,7 +657,7 @@ def report_privacy(generated_reports: Sequence[str], train_reports,
     text_to_q: Dict[str, List[int]] = {}
     for i, t in enumerate(queries):
         text_to_q.setdefault(normalise_report(t), []).append(i)
-    sents = [split_sentences(t) for t in queries]
+    sents = [normalised_sentences(t) for t in queries]
     sent_to_slots: Dict[str, List[Tuple[int, int]]] = {}
     for i, ss in enumerate(sents):
         for j, s in enumerate(ss):
@@ -712,7 +714,7 @@ def report_privacy(generated_reports: Sequence[str], train_reports,
         for i in text_to_q.get(normalise_report(t), ()):
             if not verbatim[i]:
                 verbatim[i], verbatim_idx[i] = True, seen
-        for s in set(split_sentences(t)):
+        for s in set(normalised_sentences(t)):
             for i, j in sent_to_slots.get(s, ()):
                 copied_sent[i][j] = True
         c = placeholder_counts(t, patterns)

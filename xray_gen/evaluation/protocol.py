@@ -13,7 +13,6 @@ strict JSON; tuples (confidence intervals) become lists.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import json
@@ -25,30 +24,15 @@ import numpy as np
 
 from xray_gen.files import atomic_open
 
-__all__ = ["Protocol", "write_result_json", "read_result_json", "package_versions", "to_jsonable", "eval_dir",
-           "checkpoint_evaluation"]
+__all__ = ["Protocol", "write_result_json", "read_result_json", "package_versions", "to_jsonable", "eval_dir"]
 
 SCHEMA = "xray_gen.evaluation.result.v1"
 
-_CHECKPOINT_STEP: list = [None]  # set while the training loop evaluates a checkpoint
-
-
-def eval_dir(workdir: str) -> str:
+def eval_dir(workdir: str, checkpoint_step: int | None = None) -> str:
     """Where a model's evaluation writes: WORKDIR/eval, or WORKDIR/eval/step_N for an evaluation the
     training loop runs at checkpoint N (so those never overwrite the final `--mode=evaluate`)."""
-    step = _CHECKPOINT_STEP[0]
-    return os.path.join(workdir, "eval") if step is None else os.path.join(workdir, "eval", f"step_{step}")
-
-
-@contextlib.contextmanager
-def checkpoint_evaluation(step: int):
-    """Inside it, `eval_dir` points at the checkpoint's own folder."""
-    _CHECKPOINT_STEP[0] = int(step)
-    try:
-        yield
-    finally:
-        _CHECKPOINT_STEP[0] = None
-
+    out = os.path.join(workdir, "eval")
+    return out if checkpoint_step is None else os.path.join(out, f"step_{int(checkpoint_step)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +91,7 @@ def to_jsonable(obj: Any) -> Any:
 
 def package_versions() -> Dict[str, Optional[str]]:
     """The run records' package versions plus the JAX backend and devices."""
-    from xray_gen.training.records import package_versions as installed_versions
+    from xray_gen.versions import package_versions as installed_versions
 
     out: Dict[str, Optional[str]] = dict(installed_versions())
     try:

@@ -5,8 +5,8 @@
   patient-disjoint stratified halves of one real set: the "near 0" floor); `fid_table` lays them out.
 - Fig. 6: label prevalence real vs generated with 95% bootstrap intervals (`prevalence_table`,
   `prevalence_plot`).
-- Table 2: GAN-train (`gan_train`): a classifier trained only on a synthetic archive, tested on
-  the real test split; `utility_table` sets its per-class AUROC beside the real-trained one's.
+- Table 2: `utility_table` sets the per-class AUROC of a classifier trained only on a synthetic
+  archive (GAN-train, `xray_gen.models.utility.gan_train`) beside the real-trained one's.
 
 Every table is a dict with "columns" and "rows" (plus details), written by `write_tables` as JSON
 and markdown.
@@ -14,7 +14,6 @@ and markdown.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from typing import Any, Mapping, Sequence
@@ -170,62 +169,6 @@ def fid_table(per_class: Mapping[str, Mapping], stratified: Mapping | None = Non
     rows += [[name, value, None] for name, value in (extra or {}).items()]
     return to_jsonable({"columns": ["split", "FID", "images"], "rows": rows, "per_class": per_class,
                         "stratified": stratified})
-
-
-# ------------------------------------------------------------------------------------------------
-# GAN-train (Table 2)
-# ------------------------------------------------------------------------------------------------
-
-
-def gan_train(archive_dir: str, real_data_config, classifier_config, workdir: str) -> dict:
-    """Trains the classifier on the synthetic archive only and scores it on the REAL test split.
-
-    The classifier (config `classifier_config`, e.g. configs/classifier.py) trains with
-    data.source='archive' on a patient-level stratified train/validation split of the archive
-    (its periodic validation, plateau rule and thresholds use the archive's validation split) in
-    `workdir/gan_train` (resumable). `real_data_config` (a `data` ConfigDict, or a config holding
-    one) names the real dataset; images are resized to the classifier's resolution.
-    """
-    from xray_gen.data.pipeline import open_split
-    from xray_gen.evaluation.metrics import bootstrap_ci, multilabel_auroc
-    from xray_gen.models.classifier import ClassifierTask
-    from xray_gen.training import loop
-
-    real_data = real_data_config.data if "data" in real_data_config else real_data_config
-    config = copy.deepcopy(classifier_config)
-    with config.unlocked():
-        config.data.source = "archive"
-        config.data.manual_dir = str(archive_dir)
-        config.eval.split = "validation"
-    run_dir = os.path.join(workdir, "gan_train")
-    task = ClassifierTask(config, run_dir)
-    state = loop.train(task, config, run_dir)
-
-    test_config = copy.deepcopy(config)
-    with test_config.unlocked():
-        test_config.data = copy.deepcopy(real_data)
-        test_config.data.resolution = config.data.resolution  # the network's input size
-    tester = ClassifierTask(test_config, run_dir)
-    out = tester.scores(state, "test")
-    mask = out["mask"] > 0
-    auroc = multilabel_auroc(out["targets"], out["probs"], mask, class_names=CHEXPERT_LABELS)
-    n_boot = int(config.eval.get("bootstrap", 0))
-    ci = (bootstrap_ci(lambda t, p, m: multilabel_auroc(t, p, m)["macro"], out["targets"], out["probs"], mask,
-                       n=n_boot) if n_boot else (auroc["macro"], None, None))
-
-    train_src, val_src = (open_split(config.data, s, views=("frontal",)) for s in ("train", "validation"))
-    result = {
-        "auroc": auroc, "macro_auroc": auroc["macro"], "macro_auroc_ci95": [ci[1], ci[2]],
-        "num_test": int(len(out["probs"])), "test_source": f"{real_data.source}/test",
-        "archive": {"directory": str(archive_dir), "size": train_src.archive_size,
-                    "train_size": len(train_src), "validation_size": len(val_src),
-                    "train_patients": int(len(np.unique(train_src.patient_ids))),
-                    "validation_patients": int(len(np.unique(val_src.patient_ids)))},
-        "train_steps": int(np.asarray(state.step)),
-    }
-    with atomic_open(os.path.join(run_dir, "gan_train.json")) as f:
-        json.dump(to_jsonable(result), f, indent=2, allow_nan=False)
-    return to_jsonable(result)
 
 
 def utility_table(real_auroc: Mapping[str, float], generated_auroc: Mapping[str, float]) -> dict:

@@ -133,7 +133,7 @@ class ClassifierTask(loop.Task):
 
         return jax.value_and_grad(loss_fn, has_aux=True)(state.params)
 
-    def train_step(self, state: ClassifierState, batch):
+    def train_step(self, state: ClassifierState, frozen: dict, batch):
         (loss, (batch_stats, logits)), grads = self.loss_and_grads(state, batch)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         lr = self.config.optim.learning_rate * state.lr_scale
@@ -226,7 +226,7 @@ class ClassifierTask(loop.Task):
             f"kid_{name}": list(fid.kid(features, other, num_subsets=50, max_subset_size=subset)),
         }
 
-    def final_report(self, state, workdir: str) -> dict:
+    def final_report(self, state, workdir: str, checkpoint_step: int | None = None) -> dict:
         """`--mode=evaluate`: per-class AUROC with a bootstrap CI on `eval.split`, plus the real-vs-real
         FID/KID between two splits in this classifier's feature space (the floor any generator's
         in-domain FID is compared with). Reference statistics are cached with checksums."""
@@ -246,14 +246,14 @@ class ClassifierTask(loop.Task):
         }
         metrics.update(self._reference_distances(state, out["features"], workdir))
         protocol = model_protocol(c, "classifier", state.params, len(out["probs"]), c.eval.bootstrap)
-        path = os.path.join(protocol_eval_dir(workdir), f"classifier_{c.eval.split}.json")
+        path = os.path.join(protocol_eval_dir(workdir, checkpoint_step), f"classifier_{c.eval.split}.json")
         write_result_json(path, metrics, protocol)
         return metrics
 
 
 class PreparedClassifier:
-    """The in-domain classifier a generative model trains once (resumably) in `directory` and
-    then loads: FID features, clinical AUROC, labels of generated images. Its config is the
+    """The in-domain classifier a generative model declares as a prerequisite run in `directory`
+    and then loads: FID features, clinical AUROC, labels of generated images. Its config is the
     classifier's `variant` on the model's own data config, so it sees the model's images."""
 
     def __init__(self, data_config, variant: str, num_steps: int, directory: str):
@@ -266,9 +266,9 @@ class PreparedClassifier:
         self.config, self.directory = cc, directory
         self.task = ClassifierTask(cc)
 
-    def train(self) -> None:
-        logging.info("training the evaluation classifier in %s", self.directory)
-        loop.train(self.task, self.config, self.directory)
+    def prerequisite(self) -> loop.Prerequisite:
+        """The run the model declares (the runner trains it before the model, once per directory)."""
+        return loop.Prerequisite(os.path.basename(os.path.normpath(self.directory)), self.config, self.directory)
 
     def load(self):
         """(task, state): the task carries the validation Youden thresholds of the checkpoint."""

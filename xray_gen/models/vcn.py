@@ -135,7 +135,7 @@ class VCNTask(loop.Task):
 
         return jax.value_and_grad(loss_fn, has_aux=True)(state.params)
 
-    def train_step(self, state: VCNState, batch):
+    def train_step(self, state: VCNState, frozen: dict, batch):
         (loss, (batch_stats, pos, neg, neg_mask)), grads = self.loss_and_grads(state, batch)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -159,14 +159,14 @@ class VCNTask(loop.Task):
     def write_summaries(self, writer, state, step: int) -> None:
         write_input_grid(writer, step, self.eval_loader(self.config.eval.split), ("frontal", "lateral"), "validation_pairs")
 
-    def final_report(self, state, workdir: str) -> dict:
+    def final_report(self, state, workdir: str, checkpoint_step: int | None = None) -> dict:
         from xray_gen.evaluation.protocol import eval_dir as protocol_eval_dir, model_protocol, write_result_json
 
         c = self.config
         out = self.scores(state, c.eval.split, c.eval.num_examples)
         metrics = {"split": c.eval.split, **pair_metrics(out)}
         protocol = model_protocol(c, "vcn", state.params, len(out["pos"]))
-        write_result_json(os.path.join(protocol_eval_dir(workdir), f"vcn_{c.eval.split}.json"), metrics, protocol)
+        write_result_json(os.path.join(protocol_eval_dir(workdir, checkpoint_step), f"vcn_{c.eval.split}.json"), metrics, protocol)
         return metrics
 
 

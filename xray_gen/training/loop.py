@@ -1,7 +1,7 @@
 """The generic training loop every model uses.
 
-A model supplies a `Task` (pure `init` and `train_step`, a grain loader, optional evaluation);
-the loop owns everything else: mesh and shardings, jit with donation, device prefetch off the
+A model supplies a `Task` (pure `init` and `train_step`, a grain loader, the frozen networks its
+step reads, optional evaluation); the loop owns everything else: mesh and shardings, jit with donation, device prefetch off the
 critical path, resume from the latest orbax checkpoint (state + data position + host schedules),
 clu logging with progress, a non-finite guard that names the step and term and refuses to
 checkpoint a bad state, and SIGTERM -> checkpoint -> clean exit.
@@ -14,6 +14,7 @@ own data position), and a SIGTERM seen by any process stops all of them at the n
 from __future__ import annotations
 
 import abc
+import dataclasses
 import json
 import os
 import queue
@@ -35,14 +36,30 @@ class NonFiniteLossError(FloatingPointError):
     """Raised when a training metric becomes NaN/inf; the message names the step and the term."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Prerequisite:
+    """A run a task depends on (e.g. XRayGAN's frozen VCN): the runner (xray_gen.runner) trains it
+    as a run of its own in `directory` before the task, from `config` alone (`config.model` names
+    its task), and records its config and weights' checksum in the dependent run."""
+
+    name: str
+    config: Any
+    directory: str
+
+
 class Task(abc.ABC):
     """What a model gives the loop. Subclasses override the methods they need.
 
-    `init(rng) -> state` and `train_step(state, batch) -> (state, metrics)` must be pure and
-    jittable; `state.step` must exist (the step's RNG is `fold_in(state.rng, state.step)`).
+    `init(rng) -> state` and `train_step(state, frozen, batch) -> (state, metrics)` must be pure
+    and jittable; `state.step` must exist (the step's RNG is `fold_in(state.rng, state.step)`).
+    `frozen` holds the variables of networks the step reads but does not train (XRayGAN's VCN,
+    CXR-IRGen's autoencoder and CLIP): they reach the jitted step as an argument, never as a
+    closure, so they are not constants of the compiled program and a new checkpoint of them does
+    not recompile it.
     """
 
     name = "task"
+    accumulates_gradients = False  # whether train_step averages train.grad_accum_steps microbatches
 
     def __init__(self, config, workdir: str | None = None):
         self.config = config
@@ -53,15 +70,37 @@ class Task(abc.ABC):
         """Pure: the initial state pytree."""
 
     @abc.abstractmethod
-    def train_step(self, state, batch):
-        """Pure: (state, global batch) -> (state, scalar metrics)."""
+    def train_step(self, state, frozen, batch):
+        """Pure: (state, frozen variables, global batch) -> (state, scalar metrics)."""
 
     @abc.abstractmethod
     def train_loader(self):
         """A grain DataLoader over this process's share of the training data (infinite)."""
 
+    def num_steps(self) -> int:
+        """Steps of the whole run: `train.num_steps`, or a schedule's sum where the model derives it."""
+        return int(self.config.train.num_steps)
+
     def prepare(self) -> None:
         """Host-side work before a fresh start only (e.g. statistics of the training labels)."""
+
+    def prerequisites(self) -> list[Prerequisite]:
+        """The runs this task reads (frozen networks, evaluation classifiers), trained before it."""
+        return []
+
+    def prerequisite_mismatch(self, prerequisite: Prerequisite, error: Exception) -> Exception:
+        """The error to raise when a prerequisite's checkpoint does not fit the config it gets now."""
+        return error
+
+    # ---- frozen networks (read by the step, never trained by it) -------------------------------
+    def frozen(self, phase: int = 0):
+        """Host-side: the frozen variables the step of `phase` reads, loaded from their runs."""
+        return {}
+
+    def random_frozen(self, phase: int, rng):
+        """Randomly initialised variables of the same structure as `frozen(phase)`: for benchmarks
+        and lowering, whose cost does not depend on what the frozen networks learnt."""
+        return {}
 
     def warm_start(self, state):
         """A fresh start's state after `init`: e.g. pretrained weights read from disk here, on the
@@ -74,7 +113,7 @@ class Task(abc.ABC):
         return 0
 
     def phase_step(self, phase: int):
-        """The pure step function of `phase` (shapes may differ between phases: one jit each)."""
+        """The pure step `(state, frozen, batch)` of `phase` (shapes may differ between phases: one jit each)."""
         return self.train_step
 
     def phase_loader(self, phase: int):
@@ -182,8 +221,13 @@ def _check_and_average(pending: list[tuple[int, dict]]) -> dict[str, float]:
 
 
 def train(task: Task, config, workdir: str):
-    """Trains `task` to `config.train.num_steps`, resuming from `workdir` if it holds checkpoints."""
+    """Trains `task` to `task.num_steps()`, resuming from `workdir` if it holds checkpoints."""
     tc = config.train
+    num_steps = task.num_steps()
+    accum = tc.get("grad_accum_steps", 1)
+    if accum != 1 and not task.accumulates_gradients:
+        raise ValueError(f"train.grad_accum_steps={accum}: gradient accumulation is not implemented for "
+                         f"{task.name}")
     mesh = mesh_for(config)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=tc.max_to_keep)
     rep = replicated(mesh)
@@ -214,25 +258,27 @@ def train(task: Task, config, workdir: str):
         state = jax.device_put(task.enter_phase(state, phase), state_sh)
 
     def start_phase(p, position=None):
-        """(prefetcher, jitted step) of phase `p`: one compilation per phase; `position` resumes its data."""
-        jitted = jax.jit(task.phase_step(p), in_shardings=(state_sh, batch_sharding(mesh)), out_shardings=(state_sh, rep),
-                         donate_argnums=0)
+        """(prefetcher, jitted step with the phase's frozen variables bound as an argument) of phase
+        `p`: one compilation per phase; `position` resumes its data."""
+        jitted = jax.jit(task.phase_step(p), in_shardings=(state_sh, rep, batch_sharding(mesh)),
+                         out_shardings=(state_sh, rep), donate_argnums=0)
+        frozen = jax.device_put(task.frozen(p), rep)
         iterator = iter(task.phase_loader(p))
         if position:
             iterator.set_state(position.encode("utf-8"))
-        return _DevicePrefetcher(iterator, mesh, size=config.data.prefetch), jitted
+        return _DevicePrefetcher(iterator, mesh, size=config.data.prefetch), (lambda s, b: jitted(s, frozen, b))
 
     def save(position):
         ckpt.save(step, state, {**data_meta(position), "phase": phase, "task": task.host_state(),
                                 "config": config.to_json_best_effort()})
 
-    progress = periodic_actions.ReportProgress(num_train_steps=tc.num_steps, writer=writer, every_steps=tc.log_every)
+    progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer, every_steps=tc.log_every)
     prefetcher, step_fn = start_phase(phase, resume_position)
     pending: list[tuple[int, dict]] = []
     position = None
     try:
         with _Preemption() as preemption:
-            while step < tc.num_steps:
+            while step < num_steps:
                 if task.phase(step) != phase:
                     prefetcher.close()
                     phase = task.phase(step)
@@ -245,8 +291,8 @@ def train(task: Task, config, workdir: str):
                 pending.append((step, metrics))
                 progress(step)
                 stop = _preempted(preemption, step, tc.log_every) or step == tc.get("stop_at_step", -1)
-                eval_now = tc.eval_every > 0 and (step % tc.eval_every == 0 or step == tc.num_steps)
-                save_now = step % tc.checkpoint_every == 0 or step == tc.num_steps or stop
+                eval_now = tc.eval_every > 0 and (step % tc.eval_every == 0 or step == num_steps)
+                save_now = step % tc.checkpoint_every == 0 or step == num_steps or stop
                 if pending and (step % tc.log_every == 0 or eval_now or save_now):
                     writer.write_scalars(step, {f"train/{k}": v for k, v in _check_and_average(pending).items()})
                     pending = []
@@ -276,15 +322,12 @@ def _evaluate_checkpoint(task: Task, state, step: int, workdir: str, writer) -> 
     """The model's full `--mode=evaluate` on the checkpoint just saved, written to WORKDIR/eval/step_N
     and its numbers logged as `checkpoint_eval/...` scalars. A failure is logged and training goes on
     (the checkpoint is already safe)."""
-    from xray_gen.evaluation.protocol import checkpoint_evaluation
-
     final_report = getattr(task, "final_report", None)
     if final_report is None:
         logging.warning("eval.at_checkpoints_every: %s has no evaluation to run", task.name)
         return
     try:
-        with checkpoint_evaluation(step):
-            result = final_report(state, workdir)
+        result = final_report(state, workdir, checkpoint_step=step)
     except Exception as e:  # noqa: BLE001 - an evaluation bug must not end a training run
         logging.exception("evaluation at checkpoint %d failed (training continues): %s", step, e)
         return

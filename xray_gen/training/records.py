@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
-import platform
 
 import jax
 
-PACKAGES = (
-    "xray_gen", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "clu",
-    "tensorflow-datasets", "ml-collections", "sentencepiece", "dm-pix", "numpy", "scipy", "scikit-learn",
-    "safetensors",
-)
-
-
-def package_versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+from xray_gen.versions import package_versions
 
 
 def device_summary() -> dict:

@@ -35,8 +35,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from xray_gen.data.builders.splits import SPLITS
+
 DATASETS: tuple[str, ...] = ("openi", "mimic_cxr", "chestxray14", "chexpert")
-SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 _MODULES = {
     "openi": "xray_gen.data.builders.openi",
@@ -94,7 +95,7 @@ def load_split(name: str, split: str, manual_dir: str | Path, data_dir: str | Pa
 
 
 def summary_path(builder) -> Path:
-    from xray_gen.data.builders.common import SUMMARY_FILE
+    from xray_gen.data.builders.build_summary import SUMMARY_FILE
 
     return Path(str(builder.data_dir)) / SUMMARY_FILE
 

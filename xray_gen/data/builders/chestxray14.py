@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from xray_gen.data import schema
-from xray_gen.data.builders import common
+from xray_gen.data.builders import examples, image_reading, source_files, splits, tfds_builder
 
 NIH_LABELS: tuple[str, ...] = (
     "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis",
@@ -86,11 +86,11 @@ class ChestXray14:
         }
 
     def plan(self, manual_dir: Path, opts, summary) -> dict[str, list]:
-        entry = common.find_file(manual_dir, ("Data_Entry_2017*.csv", "Data_Entry*.csv"))
+        entry = source_files.find_file(manual_dir, ("Data_Entry_2017*.csv", "Data_Entry*.csv"))
         if entry is None:
             raise FileNotFoundError(f"chestxray14: Data_Entry_2017*.csv not found under {manual_dir}")
-        train_val = common.find_file(manual_dir, ("train_val_list.txt",))
-        test = common.find_file(manual_dir, ("test_list.txt",))
+        train_val = source_files.find_file(manual_dir, ("train_val_list.txt",))
+        test = source_files.find_file(manual_dir, ("test_list.txt",))
         lists = None
         if train_val is not None and test is not None:
             lists = (_read_list(train_val), _read_list(test))
@@ -104,11 +104,11 @@ class ChestXray14:
 
         frac = float(opts["validation_fraction"])
         val_ratios = (1.0 - frac, frac, 0.0)
-        plan: dict[str, list] = {s: [] for s in common.SPLITS}
+        plan: dict[str, list] = {s: [] for s in splits.SPLITS}
         seen = set()
         cols = ("Image Index", "Finding Labels", "Patient ID")
-        for line_no, row in common.csv_rows(entry, cols, summary, manual_dir):
-            where = f"{common.rel(entry, manual_dir)}:{line_no}"
+        for line_no, row in source_files.csv_rows(entry, cols, summary, manual_dir):
+            where = f"{source_files.rel(entry, manual_dir)}:{line_no}"
             name = row["Image Index"]
             findings = {f.strip() for f in row["Finding Labels"].split("|") if f.strip()}
             if not findings or findings - set(NIH_LABELS) or (
@@ -132,12 +132,12 @@ class ChestXray14:
                 if name in lists[1]:
                     split = "test"
                 elif name in lists[0]:
-                    split = common.hash_split(patient, val_ratios, opts["split_seed"])
+                    split = splits.hash_split(patient, val_ratios, opts["split_seed"])
                 else:
                     summary.skip("image in neither train_val_list.txt nor test_list.txt", name)
                     continue
             else:
-                split = common.hash_split(patient, opts["split_ratios"], opts["split_seed"])
+                split = splits.hash_split(patient, opts["split_ratios"], opts["split_seed"])
             try:
                 age = int(float(row.get("Patient Age", "") or -1))
             except ValueError:
@@ -150,11 +150,11 @@ class ChestXray14:
         return plan
 
     def load(self, job, manual_dir: Path, opts, resolution: int, summary):
-        frontal = common.load_view(job["path"], resolution, summary, manual_dir)
+        frontal = image_reading.load_view(job["path"], resolution, summary, manual_dir)
         if frontal is None:
             return None
         nih = np.array([1.0 if n in job["findings"] else 0.0 for n in NIH_LABELS], np.float32)
-        return common.make_example(
+        return examples.make_example(
             patient_id=job["patient"],
             study_id=Path(job["name"]).stem,
             frontal=frontal,
@@ -168,4 +168,4 @@ class ChestXray14:
         )
 
 
-Builder = common.make_builder_class(ChestXray14)
+Builder = tfds_builder.make_builder_class(ChestXray14)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from xray_gen.data import schema
-from xray_gen.data.builders import common
+from xray_gen.data.builders import examples, image_reading, source_files, splits, tfds_builder
 
 
 class Chexpert:
@@ -55,12 +55,12 @@ class Chexpert:
         return None
 
     def plan(self, manual_dir: Path, opts, summary) -> dict[str, list]:
-        train_csv = common.find_file(manual_dir, ("train.csv",))
-        valid_csv = common.find_file(manual_dir, ("valid.csv",))
+        train_csv = source_files.find_file(manual_dir, ("train.csv",))
+        valid_csv = source_files.find_file(manual_dir, ("valid.csv",))
         if train_csv is None and valid_csv is None:
             raise FileNotFoundError(f"chexpert: train.csv / valid.csv not found under {manual_dir}")
         frac = float(opts["validation_fraction"])
-        plan: dict[str, list] = {s: [] for s in common.SPLITS}
+        plan: dict[str, list] = {s: [] for s in splits.SPLITS}
         disagreements = 0
         for csv_path, is_test in ((train_csv, False), (valid_csv, True)):
             if csv_path is None:
@@ -69,8 +69,8 @@ class Chexpert:
             roots = [manual_dir, csv_path.parent, csv_path.parent.parent]
             studies: dict[tuple[str, str], dict] = {}
             cols = ("Path", "Frontal/Lateral")
-            for line_no, row in common.csv_rows(csv_path, cols, summary, manual_dir):
-                where = f"{common.rel(csv_path, manual_dir)}:{line_no}"
+            for line_no, row in source_files.csv_rows(csv_path, cols, summary, manual_dir):
+                where = f"{source_files.rel(csv_path, manual_dir)}:{line_no}"
                 missing = [c for c in schema.CHEXPERT_LABELS if c not in row]
                 if missing:
                     raise ValueError(f"{csv_path}: missing label column(s) {missing}")
@@ -83,7 +83,7 @@ class Chexpert:
                     continue
                 try:
                     labels = np.array(
-                        [common.parse_label_value(row[c]) for c in schema.CHEXPERT_LABELS], np.float32)
+                        [source_files.parse_label_value(row[c]) for c in schema.CHEXPERT_LABELS], np.float32)
                 except ValueError:
                     summary.skip("malformed CSV row", where)
                     continue
@@ -117,14 +117,14 @@ class Chexpert:
                 if is_test:
                     split = "test"
                 else:
-                    split = common.hash_split(st["patient"], (1.0 - frac, frac, 0.0), opts["split_seed"])
+                    split = splits.hash_split(st["patient"], (1.0 - frac, frac, 0.0), opts["split_seed"])
                 plan[split].append(st)
         if disagreements:
             summary.note(f"{disagreements} rows had labels differing from their study's first row")
         return plan
 
     def load(self, job, manual_dir: Path, opts, resolution: int, summary):
-        views = common.load_views(
+        views = image_reading.load_views(
             job["frontal"], job["lateral"], opts, resolution, summary, manual_dir, job["study"]
         )
         if views is None:
@@ -134,7 +134,7 @@ class Chexpert:
             age = int(float(job["age"] or -1))
         except ValueError:
             age = -1
-        return common.make_example(
+        return examples.make_example(
             patient_id=job["patient"],
             study_id=job["study"],
             frontal=frontal,
@@ -148,4 +148,4 @@ class Chexpert:
         )
 
 
-Builder = common.make_builder_class(Chexpert)
+Builder = tfds_builder.make_builder_class(Chexpert)

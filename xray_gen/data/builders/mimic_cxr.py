@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from xray_gen.data import schema
-from xray_gen.data.builders import common
+from xray_gen.data.builders import examples, image_reading, source_files, splits, tfds_builder
 
 METADATA = ("mimic-cxr-2.0.0-metadata.csv.gz", "mimic-cxr-2.0.0-metadata.csv", "*metadata.csv*")
 CHEXPERT = ("mimic-cxr-2.0.0-chexpert.csv.gz", "mimic-cxr-2.0.0-chexpert.csv", "*chexpert.csv*")
@@ -82,7 +82,7 @@ class MimicCxr:
         return {}
 
     def _required(self, manual_dir: Path, names, what: str) -> Path:
-        path = common.find_file(manual_dir, names)
+        path = source_files.find_file(manual_dir, names)
         if path is None:
             raise FileNotFoundError(f"mimic_cxr: {what} ({names[1]}[.gz]) not found under {manual_dir}")
         return path
@@ -90,17 +90,18 @@ class MimicCxr:
     def plan(self, manual_dir: Path, opts, summary) -> dict[str, list]:
         meta_path = self._required(manual_dir, METADATA, "metadata CSV")
         chex_path = self._required(manual_dir, CHEXPERT, "CheXpert labels CSV")
-        split_path = common.find_file(manual_dir, SPLIT)
+        split_path = source_files.find_file(manual_dir, SPLIT)
         subsets = tuple(opts["subsets"] or ())
-        images_root = common.resolve_option_path(manual_dir, opts["images_dir"]) or manual_dir
-        reports_roots = [common.resolve_option_path(manual_dir, opts["reports_dir"]) or manual_dir]
+        images_root = source_files.resolve_option_path(manual_dir, opts["images_dir"]) or manual_dir
+        reports_roots = [source_files.resolve_option_path(manual_dir, opts["reports_dir"]) or manual_dir]
         if opts["reports_dir"] is None:
             reports_roots.append(manual_dir / "mimic-cxr-reports")
 
         # Studies from the metadata.
         studies: dict[tuple[str, str], list[tuple[str, str]]] = {}
         outside_subsets = 0
-        for _, row in common.csv_rows(meta_path, ("dicom_id", "subject_id", "study_id"), summary, manual_dir):
+        meta_columns = ("dicom_id", "subject_id", "study_id")
+        for _, row in source_files.csv_rows(meta_path, meta_columns, summary, manual_dir):
             pid, sid = _pid(row["subject_id"]), _sid(row["study_id"])
             if subsets and not any(pid.startswith(p) for p in subsets):
                 outside_subsets += 1
@@ -114,30 +115,30 @@ class MimicCxr:
         # Labels.
         labels: dict[tuple[str, str], np.ndarray] = {}
         label_cols = list(schema.CHEXPERT_LABELS)
-        for line_no, row in common.csv_rows(chex_path, ["subject_id", "study_id"], summary, manual_dir):
+        for line_no, row in source_files.csv_rows(chex_path, ["subject_id", "study_id"], summary, manual_dir):
             missing = [c for c in label_cols if c not in row]
             if missing:
                 raise ValueError(f"{chex_path}: missing label column(s) {missing}")
             try:
-                vec = np.array([common.parse_label_value(row[c]) for c in label_cols], np.float32)
+                vec = np.array([source_files.parse_label_value(row[c]) for c in label_cols], np.float32)
             except ValueError:
-                summary.skip("malformed CSV row", f"{common.rel(chex_path, manual_dir)}:{line_no}")
+                summary.skip("malformed CSV row", f"{source_files.rel(chex_path, manual_dir)}:{line_no}")
                 continue
             labels[(_pid(row["subject_id"]), _sid(row["study_id"]))] = vec
 
         # Split.
         split_of: dict[str, str] = {}
         if split_path is not None:
-            for line_no, row in common.csv_rows(split_path, ("study_id", "split"), summary, manual_dir):
-                split = common.canonical_split(row["split"])
+            for line_no, row in source_files.csv_rows(split_path, ("study_id", "split"), summary, manual_dir):
+                split = splits.canonical_split(row["split"])
                 if split is None:
-                    summary.skip("malformed CSV row", f"{common.rel(split_path, manual_dir)}:{line_no}")
+                    summary.skip("malformed CSV row", f"{source_files.rel(split_path, manual_dir)}:{line_no}")
                     continue
                 split_of[_sid(row["study_id"])] = split
         else:
             summary.note("no mimic-cxr-2.0.0-split.csv: using a patient-hash split")
 
-        plan: dict[str, list] = {s: [] for s in common.SPLITS}
+        plan: dict[str, list] = {s: [] for s in splits.SPLITS}
         no_labels = 0
         for (pid, sid), images in sorted(studies.items()):
             folder = Path("files") / pid[:3] / pid
@@ -174,7 +175,7 @@ class MimicCxr:
                     summary.skip("study not in split CSV", where)
                     continue
             else:
-                split = common.hash_split(pid, opts["split_ratios"], opts["split_seed"])
+                split = splits.hash_split(pid, opts["split_ratios"], opts["split_seed"])
             for d, v in images:
                 if d not in accounted:
                     summary.skip("image not used (other view or extra image)",
@@ -198,7 +199,7 @@ class MimicCxr:
             accounted.add(dicom_id)
             if path.is_file():
                 return dicom_id, view, path
-            summary.skip("missing image", common.rel(path, manual_dir))
+            summary.skip("missing image", source_files.rel(path, manual_dir))
         return None
 
     def load(self, job, manual_dir: Path, opts, resolution: int, summary):
@@ -209,19 +210,20 @@ class MimicCxr:
             except OSError:
                 text = None
             if text is None:
-                summary.skip("unreadable report", common.rel(job["report"], manual_dir))
+                summary.skip("unreadable report", source_files.rel(job["report"], manual_dir))
                 return None
             findings, impression = _extract_sections(text)
             if opts["require_report"] and not (findings or impression):
-                summary.skip("empty report (no findings or impression)", common.rel(job["report"], manual_dir))
+                summary.skip("empty report (no findings or impression)",
+                             source_files.rel(job["report"], manual_dir))
                 return None
-        views = common.load_views(
+        views = image_reading.load_views(
             job["frontal"][2] if job["frontal"] else None, job["lateral"][2] if job["lateral"] else None, opts, resolution, summary, manual_dir, job["where"]
         )
         if views is None:
             return None
         frontal, lateral = views
-        return common.make_example(
+        return examples.make_example(
             patient_id=job["patient"],
             study_id=job["study"],
             frontal=frontal,
@@ -235,4 +237,4 @@ class MimicCxr:
         )
 
 
-Builder = common.make_builder_class(MimicCxr)
+Builder = tfds_builder.make_builder_class(MimicCxr)

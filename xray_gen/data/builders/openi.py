@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from xray_gen.data import schema
-from xray_gen.data.builders import common
+from xray_gen.data.builders import build_summary, examples, image_reading, source_files, splits, tfds_builder
 
 PROJECTIONS_NAMES = ("indiana_projections.csv", "*projections*.csv")
 REPORTS_CSV_NAMES = ("indiana_reports.csv",)
@@ -110,9 +110,9 @@ class OpenI:
     # -- planning -----------------------------------------------------------------------------
 
     def _projections(self, manual_dir: Path, opts, summary) -> dict[str, str]:
-        path = common.resolve_option_path(manual_dir, opts["projections_file"])
+        path = source_files.resolve_option_path(manual_dir, opts["projections_file"])
         if path is None:
-            path = common.find_file(manual_dir, PROJECTIONS_NAMES)
+            path = source_files.find_file(manual_dir, PROJECTIONS_NAMES)
         if path is None or not path.is_file():
             raise FileNotFoundError(
                 f"openi: the projections CSV is required but was not found "
@@ -123,17 +123,17 @@ class OpenI:
                 "or pass projections_file=..."
             )
         out = {}
-        for line_no, row in common.csv_rows(path, ("filename", "projection"), summary, manual_dir):
+        for line_no, row in source_files.csv_rows(path, ("filename", "projection"), summary, manual_dir):
             proj = row["projection"].strip().lower()
             if proj not in ("frontal", "lateral"):
-                summary.skip("malformed CSV row", f"{common.rel(path, manual_dir)}:{line_no}")
+                summary.skip("malformed CSV row", f"{source_files.rel(path, manual_dir)}:{line_no}")
                 continue
             out[image_key(row["filename"])] = proj
         self._projections_rows = path
         return out
 
     def _reports(self, manual_dir: Path, opts, summary, projections_path: Path) -> list[dict]:
-        root = common.resolve_option_path(manual_dir, opts["reports_dir"]) or manual_dir
+        root = source_files.resolve_option_path(manual_dir, opts["reports_dir"]) or manual_dir
         xmls = sorted(root.rglob("*.xml")) + sorted(root.rglob("*.XML"))
         reports = []
         if xmls:
@@ -142,21 +142,22 @@ class OpenI:
                 if rep is not None:
                     reports.append(rep)
             return reports
-        csv_path = common.find_file(root, REPORTS_CSV_NAMES)
+        csv_path = source_files.find_file(root, REPORTS_CSV_NAMES)
         if csv_path is None:
             raise FileNotFoundError(
                 f"openi: no report XML files (*.xml) or indiana_reports.csv under {root}"
             )
         # Kaggle layout: reports in a CSV, images listed per uid in the projections CSV.
         images_by_uid: dict[str, list[str]] = {}
-        for _, row in common.csv_rows(projections_path, ("uid", "filename"), common.BuildSummary("", ""), manual_dir):
+        uncounted = build_summary.BuildSummary("", "")  # _projections counted these rows
+        for _, row in source_files.csv_rows(projections_path, ("uid", "filename"), uncounted, manual_dir):
             images_by_uid.setdefault(uid_number(row["uid"]), []).append(row["filename"])
-        for line_no, row in common.csv_rows(csv_path, ("uid",), summary, manual_dir):
+        for line_no, row in source_files.csv_rows(csv_path, ("uid",), summary, manual_dir):
             uid = uid_number(row["uid"])
             mesh = [m.strip() for m in row.get("MeSH", "").split(";") if m.strip()]
             reports.append({
                 "uid": uid,
-                "file": f"{common.rel(csv_path, manual_dir)}:{line_no}",
+                "file": f"{source_files.rel(csv_path, manual_dir)}:{line_no}",
                 "findings": _clean(row.get("findings")),
                 "impression": _clean(row.get("impression")),
                 "images": images_by_uid.get(uid, []),
@@ -166,7 +167,7 @@ class OpenI:
         return reports
 
     def _parse_xml(self, path: Path, manual_dir: Path, summary) -> dict | None:
-        where = common.rel(path, manual_dir)
+        where = source_files.rel(path, manual_dir)
         try:
             root = ET.parse(path).getroot()
         except (ET.ParseError, OSError, UnicodeDecodeError):
@@ -194,20 +195,20 @@ class OpenI:
         projections = self._projections(manual_dir, opts, summary)
         reports = self._reports(manual_dir, opts, summary, self._projections_rows)
 
-        images_root = common.resolve_option_path(manual_dir, opts["images_dir"]) or manual_dir
+        images_root = source_files.resolve_option_path(manual_dir, opts["images_dir"]) or manual_dir
         files: dict[str, Path] = {}
         for p in sorted(images_root.rglob("*")):
             if p.suffix.lower() in (".png", ".jpg", ".jpeg") and p.is_file():
                 files.setdefault(image_key(p.name), p)
 
         split_map = None
-        split_path = common.resolve_option_path(manual_dir, opts["split_file"])
+        split_path = source_files.resolve_option_path(manual_dir, opts["split_file"])
         if split_path is not None:
             if not split_path.is_file():
                 raise FileNotFoundError(f"openi: split_file {split_path} not found")
-            split_map = common.read_split_file(split_path, "uid", summary, manual_dir, uid_number)
+            split_map = source_files.read_split_file(split_path, "uid", summary, manual_dir, uid_number)
 
-        plan: dict[str, list] = {s: [] for s in common.SPLITS}
+        plan: dict[str, list] = {s: [] for s in splits.SPLITS}
         seen = set()
         for rep in reports:
             uid = rep["uid"]
@@ -234,7 +235,8 @@ class OpenI:
                 elif proj == "lateral" and lateral is None:
                     lateral = path
                 else:
-                    summary.skip("extra image of an already-filled view (not used)", common.rel(path, manual_dir))
+                    summary.skip("extra image of an already-filled view (not used)",
+                                 source_files.rel(path, manual_dir))
             if opts["require_frontal"] and frontal is None:
                 summary.skip("no frontal view", rep["file"])
                 continue
@@ -251,14 +253,14 @@ class OpenI:
                     summary.skip("uid not in split_file", rep["file"])
                     continue
             else:
-                split = common.hash_split(patient, opts["split_ratios"], opts["split_seed"])
+                split = splits.hash_split(patient, opts["split_ratios"], opts["split_seed"])
             plan[split].append({**rep, "patient": patient, "frontal": frontal, "lateral": lateral})
         return plan
 
     # -- loading ------------------------------------------------------------------------------
 
     def load(self, job, manual_dir: Path, opts, resolution: int, summary):
-        views = common.load_views(
+        views = image_reading.load_views(
             job["frontal"], job["lateral"], opts, resolution, summary, manual_dir, job["file"]
         )
         if views is None:
@@ -266,7 +268,7 @@ class OpenI:
         frontal, lateral = views
         text = "\n".join(t for t in (job["findings"], job["impression"]) if t)
         labels = _label_report(text) if text else schema.empty_labels()
-        return common.make_example(
+        return examples.make_example(
             patient_id=job["patient"],
             study_id=job["patient"],
             frontal=frontal,
@@ -282,4 +284,4 @@ class OpenI:
         )
 
 
-Builder = common.make_builder_class(OpenI)
+Builder = tfds_builder.make_builder_class(OpenI)

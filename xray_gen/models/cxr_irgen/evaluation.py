@@ -90,7 +90,7 @@ def _pathology_table(task, state, cls, pathologies, n: int, real_raw, real_probs
     return table
 
 
-def final_report(task, state, workdir: str) -> dict:
+def final_report(task, state, workdir: str, checkpoint_step: int | None = None) -> dict:
     from xray_gen.evaluation.html_report import read_curves, write_html_report
     from xray_gen.evaluation.protocol import eval_dir as protocol_eval_dir, model_protocol, write_result_json
 
@@ -158,7 +158,7 @@ def final_report(task, state, workdir: str) -> dict:
                                          "chance_micro_f1": float(np.mean(chance)) if chance else None}
 
     protocol = model_protocol(c, "cxr_irgen+classifier_features", cls_state.params, n, c.eval.get("bootstrap", 0))
-    eval_dir = protocol_eval_dir(workdir)
+    eval_dir = protocol_eval_dir(workdir, checkpoint_step)
     result = write_result_json(os.path.join(eval_dir, f"cxr_irgen_{c.eval.split}.json"), metrics, protocol)
     samples = [{"condition": label_prompt(raw[i]), "images": [gen["images"][i], real[i]],
                 "captions": ["generated", "real study"],

@@ -61,16 +61,15 @@ def _batched(fn, arrays: dict, batch_size: int) -> dict:
     return {k: np.concatenate(v) for k, v in chunks.items()}
 
 
-def generate_pairs(task, state, inputs: dict, seeds, batch_size: int) -> dict:
-    """Image + report per row of `inputs` (prompt_ids/mask, reference, reference_flag), each from its
-    own seed (so a sample is the same whatever it is batched with): {"images" [-1, 1], "latents",
-    "report_ids", "report_lengths"}."""
-    frozen, cfg = task.frozen(), sampler_config(task.config)
-    null = jax.tree.map(jnp.asarray, task.null_inputs())
+def pair_fn(task):
+    """The pure `(state, frozen, batch) -> {"images", "latents", "report_ids", "report_lengths"}` of
+    `generate_pairs` (batch: prompt_ids/mask, reference, reference_flag, seed); jit it. The frozen
+    stages are an argument, so they are not constants of the sampling program."""
+    cfg = sampler_config(task.config)
 
-    @jax.jit
     def run(state, frozen, batch):
         batch = dict(batch)
+        null = jax.tree.map(jnp.asarray, task.null_inputs())
         keys = jax.vmap(jax.random.PRNGKey)(batch.pop("seed"))
         cond = task.condition_of(frozen["clip"], batch)
         x_T = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), task.latent_shape))(keys)
@@ -80,6 +79,14 @@ def generate_pairs(task, state, inputs: dict, seeds, batch_size: int) -> dict:
         ids, lengths = _report_ids(task, frozen, z, jax.random.fold_in(keys[0], 2))
         return {"images": images, "latents": z, "report_ids": ids, "report_lengths": lengths}
 
+    return run
+
+
+def generate_pairs(task, state, inputs: dict, seeds, batch_size: int) -> dict:
+    """Image + report per row of `inputs` (prompt_ids/mask, reference, reference_flag), each from its
+    own seed (so a sample is the same whatever it is batched with): {"images" [-1, 1], "latents",
+    "report_ids", "report_lengths"}."""
+    frozen, run = task.frozen(), jax.jit(pair_fn(task))
     arrays = {**{k: np.asarray(v) for k, v in inputs.items()}, "seed": np.asarray(seeds, np.uint32)}
     return _batched(lambda b: run(state, frozen, b), arrays, batch_size)
 

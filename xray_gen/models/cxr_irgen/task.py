@@ -1,8 +1,9 @@
 """CXR-IRGen training: the latent denoiser (U-ViT or U-Net) on frozen-autoencoder latents,
 conditioned on the frozen CLIP's label prompt and reference-image embeddings.
 
-`prepare()` first trains the prerequisite stages (stages.py) resumably in sub-directories, measures
-the latents' shift and scale and trains the evaluation classifier. The step then encodes the batch's frontal
+Its prerequisite runs (`prerequisites()`: the stages of stages.py and the evaluation classifier)
+are trained first by the runner, in sub-directories of the prepared root; `prepare()` then reads
+(or measures once) the latents' shift and scale. The step encodes the batch's frontal
 images with the frozen autoencoder (a posterior sample, shifted and scaled to zero mean and unit variance), encodes the prompt
 and the reference image with the frozen CLIP, and takes the epsilon (or v) loss of diffusion.py with
 10% conditioning dropout to the null condition (empty prompt, zero reference), so classifier-free
@@ -35,7 +36,6 @@ from xray_gen.nn.unet2d import UNet2DConditionModel, UNetConfig
 from xray_gen.nn.uvit import UViT, uvit_config
 from xray_gen.training import loop
 from xray_gen.training.accumulation import accumulate
-from xray_gen.training.checkpoint import CheckpointMismatchError
 
 BACKBONES = ("uvit", "unet")
 
@@ -52,14 +52,14 @@ class CxrIRGenState:
 
 class CxrIRGenTask(loop.Task):
     name = "cxr_irgen"
+    accumulates_gradients = True
 
     def __init__(self, config, workdir: str | None = None):
         super().__init__(config, workdir)
         x = config.cxr_irgen
         if x.backbone not in BACKBONES:
             raise ValueError(f"cxr_irgen.backbone={x.backbone!r} is not one of {BACKBONES}")
-        if not workdir:
-            raise ValueError("CxrIRGenTask needs a workdir (its stages and tokenizer live there)")
+        self.prepared = stages.with_root(config, stages.prepared_root(config, workdir))  # stage helpers read it
         self.tokenizer = workdir_tokenizer(self.prepared_root(), config.data, x.vocab_size)
         vocab = self.tokenizer.vocab_size
         self.vae = AutoencoderKL(stages.vae_config(config))
@@ -131,12 +131,12 @@ class CxrIRGenTask(loop.Task):
         self._frozen = None
         self._references = None
 
-    # ---- prepared stages ------------------------------------------------------------------------
+    # ---- prerequisite runs (stages, evaluation classifier) -----------------------------------------
     def prepared_root(self) -> str:
-        return self.config.cxr_irgen.get("prepared_dir") or self.workdir
+        return self.prepared.cxr_irgen.prepared_dir
 
     def stage_dir(self, stage: str) -> str:
-        return os.path.join(self.prepared_root(), stage)
+        return stages.stage_dir(self.prepared, stage)
 
     def classifier(self):
         from xray_gen.models.classifier import PreparedClassifier
@@ -149,72 +149,38 @@ class CxrIRGenTask(loop.Task):
         """The diffusers U-Net folder named by `cxr_irgen.unet.pretrained` ('' : start from random)."""
         return self.config.cxr_irgen.unet.get("pretrained", "") or ""
 
-    def _stage(self, name: str, train: bool):
-        """(task, params) of a stage, trained first (resumably) when `train`; a pretrained
-        autoencoder or CLIP (`cxr_irgen.{autoencoder,clip}.pretrained`) is loaded, never trained."""
-        c, tok = self.config, self.tokenizer
-        if name == "autoencoder" and stages.pretrained_vae(c):
-            return None, weights.load_diffusers_vae(stages.pretrained_vae(c))
-        if name == "clip" and stages.pretrained_clip(c):
-            return None, stages.load_pretrained_clip(c, self.clip)
-        if name == "prior":
-            ae = self._stage("autoencoder", False)[1]
-            text = self._stage("language", False)[1]
-            task = stages.PriorTask(c, tok, ae, self.latent_stats(), text)
-        else:
-            task = stages.STAGE_TASKS[name](c, tok)
-        try:
-            if train:
-                logging.info("CXR-IRGen: stage %s in %s", name, self.stage_dir(name))
-                loop.train(task, task.config, self.stage_dir(name))
-            state, _ = loop.restore_latest(task, task.config, self.stage_dir(name))
-        except CheckpointMismatchError as e:
-            raise stages.stage_mismatch(c, name, self.stage_dir(name), e) from e
-        return task, state.params
+    def prerequisites(self) -> list[loop.Prerequisite]:
+        """Every stage that trains here (a pretrained autoencoder or CLIP is loaded instead), in
+        order, then the evaluation classifier."""
+        return stages.stage_prerequisites(self.prepared) + [self.classifier().prerequisite()]
+
+    def prerequisite_mismatch(self, prerequisite, error):
+        if prerequisite.name not in stages.STAGES:
+            return error
+        return stages.stage_mismatch(self.config, prerequisite.name, prerequisite.directory, error)
 
     def latent_stats(self) -> dict:
-        """{"latent_scale", "latent_shift"} of the autoencoder (measured once, then read).
-
-        With both the autoencoder and the U-Net pretrained, the U-Net was trained in its
-        autoencoder's own latent space: scaling_factor and shift_factor from the VAE's config.json
-        (SD-1.x: 0.18215, no shift). Otherwise the denoiser is trained here and gets measured,
-        centred latents (see `stages.measure_latent_stats`), also for a pretrained autoencoder."""
-        if stages.pretrained_vae(self.config) and self.pretrained_unet():
-            cfg = stages.vae_config(self.config)
-            return {"latent_scale": float(cfg.scaling_factor),
-                    "latent_shift": np.full(self.latent_shape, cfg.shift_factor or 0.0, np.float32)}
-        stats = stages.read_latent_stats(self.stage_dir("autoencoder"))
-        if stats is None:
-            ae = self._stage("autoencoder", False)[1]
-            stats = stages.measure_latent_stats(self.config, ae, self.stage_dir("autoencoder"),
-                                                self.config.cxr_irgen.autoencoder.scale_images)
-        if np.shape(stats["latent_shift"]) != self.latent_shape:
-            raise ValueError(f"{self.stage_dir('autoencoder')}/{stages.LATENT_SCALE_FILE}: latent_shift has shape "
-                             f"{np.shape(stats['latent_shift'])}, the latents {self.latent_shape}; delete the file "
-                             "to measure it again (and retrain the prior and the denoiser on it)")
-        return stats
+        """{"latent_scale", "latent_shift"} of the autoencoder (stages.latent_stats)."""
+        return stages.latent_stats(self.prepared)
 
     def prepare(self) -> None:
-        """Trains every stage in order (each resumes where it stopped), measures the latent scale,
-        trains the evaluation classifier."""
-        for name in stages.STAGES:
-            if name == "prior":
-                self._latent_stats = self.latent_stats()
-            self._stage(name, train=True)  # a pretrained autoencoder or CLIP is loaded, never trained (_stage)
-        self.classifier().train()
+        """The latents' shift and scale (read, or measured once), which `init` puts in the state."""
+        self._latent_stats = self.latent_stats()
 
-    def frozen(self) -> dict:
-        """{"autoencoder", "clip", "language", "prior"}: params of the trained stages (loaded once)."""
+    def frozen(self, phase: int = 0) -> dict:
+        """{"autoencoder", "clip", "language", "prior"}: params of the trained stages (loaded once),
+        the step's and the samplers' `frozen` argument."""
         if self._frozen is None:
-            self._frozen = {name: self._stage(name, False)[1] for name in stages.STAGES}
+            self._frozen = {name: stages.load_stage(self.prepared, name) for name in stages.STAGES}
         return self._frozen
 
+    def random_frozen(self, phase: int, rng) -> dict:
+        return {name: stages.stage_task(self.prepared, name).init_params(jax.random.fold_in(rng, i))
+                for i, name in enumerate(stages.STAGES)}
+
     def use_random_stages(self, rng) -> dict:
-        """Randomly initialised networks in place of the trained stages: for benchmarks of the
-        denoiser's step, whose cost does not depend on what the frozen networks learnt."""
-        c, tok = self.config, self.tokenizer
-        self._frozen = {name: stages.STAGE_TASKS[name](c, tok).init_params(jax.random.fold_in(rng, i))
-                        for i, name in enumerate(stages.STAGES)}
+        """Randomly initialised networks in place of the trained stages (benchmarks of sampling)."""
+        self._frozen = self.random_frozen(0, rng)
         return self._frozen
 
     def references(self) -> ReferenceImages:
@@ -296,9 +262,9 @@ class CxrIRGenTask(loop.Task):
         z = stages.denormalize_latents(z, state.latent_scale, state.latent_shift)
         return jnp.clip(stages.vae_decode(self.vae, ae_params, z), -1, 1)
 
-    def train_step(self, state, batch):
+    def train_step(self, state, frozen, batch):
         """One AdamW step on the denoising loss; train.grad_accum_steps microbatches are averaged first."""
-        x, frozen, accum = self.config.cxr_irgen, self.frozen(), self.config.train.get("grad_accum_steps", 1)
+        x, accum = self.config.cxr_irgen, self.config.train.get("grad_accum_steps", 1)
         key = jax.random.fold_in(state.rng, state.step)
         null = self.condition_of(frozen["clip"], jax.tree.map(jnp.asarray, self.null_inputs()))
 
@@ -321,7 +287,6 @@ class CxrIRGenTask(loop.Task):
 
     def train_loader(self):
         c, x = self.config, self.config.cxr_irgen
-        self.frozen()  # host-side, before the loop traces the step (which closes over them)
         t = CxrInputs(self.tokenizer, c.data.resolution, prompt_len=self.prompt_len,
                       references=self.references() if x.reference_image else None, uncertain_as=c.data.uncertain_as,
                       prompt_tokenizer=self.prompt_tokenizer)
@@ -335,7 +300,7 @@ class CxrIRGenTask(loop.Task):
 
         return sampling.sample(self, state, workdir, labels=labels, labels_file=labels_file, image=image)
 
-    def final_report(self, state, workdir: str) -> dict:
+    def final_report(self, state, workdir: str, checkpoint_step: int | None = None) -> dict:
         from xray_gen.models.cxr_irgen import evaluation
 
-        return evaluation.final_report(self, state, workdir)
+        return evaluation.final_report(self, state, workdir, checkpoint_step)

@@ -14,7 +14,7 @@ has a real counterpart: the study whose labels conditioned it.
   shuffled across samples, averaged over `CHANCE_PERMUTATIONS` permutations.
 - Augmentation (paper Table 1, scaled down; `eval.augmentation_images`, a list of sizes): the
   evaluation classifier vs the same classifier trained on real + N generated images, both on
-  the real test split (`xray_gen.evaluation.augmentation`).
+  the real test split (`xray_gen.models.utility`).
 `compare_label_fractions` builds the limited-label table (Table 3) from evaluated runs.
 Outputs: eval/emixer_<split>.json (+ protocol) and a self-contained eval/emixer_<split>.html.
 """
@@ -146,7 +146,7 @@ def label_agreement_metrics(requested: np.ndarray, requested_mask: np.ndarray, p
     return metrics, per_class
 
 
-def final_report(task, state, workdir: str) -> dict:
+def final_report(task, state, workdir: str, checkpoint_step: int | None = None) -> dict:
     from xray_gen.data.labeler import label_reports
     from xray_gen.evaluation.html_report import read_curves
     from xray_gen.evaluation.protocol import eval_dir as protocol_eval_dir, model_protocol, write_result_json
@@ -194,7 +194,7 @@ def final_report(task, state, workdir: str) -> dict:
     real_auroc = _auroc(real["targets"], real["probs"], real["label_mask"])
     metrics["classifier_auroc_real"] = real_auroc.pop("macro")
     per_class["classifier AUROC, real images (reference)"] = real_auroc
-    eval_dir = protocol_eval_dir(workdir)
+    eval_dir = protocol_eval_dir(workdir, checkpoint_step)
     sizes = [int(n) for n in c.eval.get("augmentation_images", ())]
     if sizes:
         metrics["augmentation"] = _augmentation(task, state, sizes, classifier, os.path.join(eval_dir, "augmentation"))
@@ -211,10 +211,10 @@ def final_report(task, state, workdir: str) -> dict:
 
 
 def _augmentation(task, state, sizes, classifier, out_dir: str) -> dict:
-    """Paper Table 1 scaled down (`xray_gen.evaluation.augmentation`): the evaluation classifier vs
+    """Paper Table 1 scaled down (`xray_gen.models.utility`): the evaluation classifier vs
     the same classifier trained on real + N generated images, conditioned on training label vectors."""
     from xray_gen.data.pipeline import open_split, source_labels
-    from xray_gen.evaluation.augmentation import augmentation_experiment
+    from xray_gen.models.utility import augmentation_experiment
 
     c = task.config
     train_labels = source_labels(open_split(c.data, "train", views=("frontal",)))

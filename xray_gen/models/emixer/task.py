@@ -85,6 +85,7 @@ class ReportAndLabelInputs(grain.transforms.Map):
 
 class EmixerTask(loop.Task):
     name = "emixer"
+    accumulates_gradients = True
 
     def __init__(self, config, workdir: str | None = None):
         super().__init__(config, workdir)
@@ -119,7 +120,6 @@ class EmixerTask(loop.Task):
         self.D_report = ReportDiscriminator(vocab, e.report_embed_dim, e.report_hidden, hierarchical=hier)
         self.D_joint = JointDiscriminator(vocab, ch=e.joint_ch, embed_dim=e.report_embed_dim, hidden=e.report_hidden,
                                           hierarchical=hier)
-        self._encoder_init = None  # F's DenseNet weights from the trained classifier (prepare)
         # G and F share one optimiser state but F (a language model) may use its own Adam settings:
         # with BigGAN's beta1 = 0 and a GAN-sized rate it learns its reports too slowly.
         f_lr = e.get("f_lr", 0.0) or e.g_lr
@@ -142,13 +142,20 @@ class EmixerTask(loop.Task):
         return PreparedClassifier(self.config.data, e.classifier_variant, e.classifier_steps,
                                   os.path.join(root, f"classifier_{self.config.data.resolution}"))
 
-    def prepare(self) -> None:
-        """Trains the evaluation classifier (once, resumably); F's image encoder starts from it."""
-        prepared = self.classifier()
-        prepared.train()
-        if self.config.emixer.encoder_from_classifier:
-            _, cls_state = prepared.load()
-            self._encoder_init = jax.device_get({"params": cls_state.params, "batch_stats": cls_state.batch_stats})
+    def prerequisites(self) -> list[loop.Prerequisite]:
+        """The evaluation classifier (FID features, clinical agreement; F's image encoder starts from it)."""
+        return [self.classifier().prerequisite()]
+
+    def warm_start(self, state: EmixerState) -> EmixerState:
+        """F's DenseNet encoder from the trained classifier (the paper's pretrained CNN), read on the
+        host after init (never a constant of the jitted init)."""
+        if not self.config.emixer.encoder_from_classifier:
+            return state
+        _, cls = self.classifier().load()
+        f = state.gen["F"]
+        f = {**f, "params": {**f["params"], "encoder": cls.params},
+             "batch_stats": {**f.get("batch_stats", {}), "encoder": cls.batch_stats}}
+        return state.replace(gen={**state.gen, "F": f})
 
     # ---- data ---------------------------------------------------------------------------------
     def transforms(self):
@@ -183,10 +190,7 @@ class EmixerTask(loop.Task):
         ids = jnp.zeros((2, e.max_sentences, e.max_words), jnp.int32)
         mask = jnp.ones((2, e.max_sentences, e.max_words))
         g = self.G.init(k[0], jnp.zeros((2, e.z_dim)), y)
-        f = self.F.init(k[1], img, ids)  # F's DenseNet: the paper's pretrained CNN is our trained classifier
-        if self._encoder_init is not None:  # set by prepare() on a fresh start
-            f = {**f, "params": {**f["params"], "encoder": self._encoder_init["params"]},
-                 "batch_stats": {**f.get("batch_stats", {}), "encoder": self._encoder_init["batch_stats"]}}
+        f = self.F.init(k[1], img, ids)  # F's DenseNet: warm_start puts the trained classifier's in
         disc = {"image": self.D.init(k[2], img, y), "report": self.D_report.init(k[3], ids, mask),
                 "joint": self.D_joint.init(k[4], img, ids, mask)}
         gen = {"G": g, "F": f}
@@ -247,7 +251,7 @@ class EmixerTask(loop.Task):
                                                    self.config.emixer.stop_weight)
         return loss, ({**f_vars, **upd}, {f"f_{k}": v for k, v in terms.items()})
 
-    def f_pretrain_step(self, state: EmixerState, batch):
+    def f_pretrain_step(self, state: EmixerState, frozen: dict, batch):
         """Phase 0: F alone, teacher-forced on the whole batch (G's gradient is zero, so Adam leaves it as is)."""
         accum = self.config.train.get("grad_accum_steps", 1)
         data = {"real": self._real_images(batch), "ids": batch["report_ids"], "mask": batch["report_mask"]}
@@ -266,7 +270,7 @@ class EmixerTask(loop.Task):
         gen = self._with_trainable(new_gen, optax.apply_updates(trainable, steps))
         return state.replace(step=state.step + 1, gen=gen, gen_opt=gen_opt), {"f_loss": loss, **terms}
 
-    def train_step(self, state: EmixerState, batch):
+    def train_step(self, state: EmixerState, frozen: dict, batch):
         """`d_steps` discriminator updates, each on its own slice of the batch, then one G/F update on
         the first slice; with train.grad_accum_steps = k each update averages k microbatches."""
         e, accum = self.config.emixer, self.config.train.get("grad_accum_steps", 1)
@@ -379,10 +383,10 @@ class EmixerTask(loop.Task):
 
         return sample(self, state, workdir, labels, labels_file)
 
-    def final_report(self, state, workdir: str) -> dict:
+    def final_report(self, state, workdir: str, checkpoint_step: int | None = None) -> dict:
         from xray_gen.models.emixer.evaluation import final_report
 
-        return final_report(self, state, workdir)
+        return final_report(self, state, workdir, checkpoint_step)
 
 
 def _scale_gradient(tree, weight: float):

@@ -24,6 +24,7 @@ from xray_gen.data import augment as aug
 from xray_gen.data.schema import CHEXPERT_LABELS
 from xray_gen.evaluation import fid, synthetic
 from xray_gen.evaluation.metrics import multilabel_auroc
+from xray_gen.models import utility
 from xray_gen.training.inference import predict
 from xray_gen.training.sharding import mesh_for
 
@@ -32,13 +33,13 @@ def _real_outputs(cls_task, cls_state, config):
     """Classifier features/probabilities, labels, patient ids and images of the real eval split."""
     net, variables = cls_task.net, {"params": cls_state.params, "batch_stats": cls_state.batch_stats}
 
-    def fn(state, batch):
+    def fn(variables, batch):
         logits, features = net.apply(variables, aug.to_float(batch["frontal"]), train=False)
         return {"probs": jax.nn.sigmoid(logits), "features": features, "targets": batch["targets"],
                 "mask": batch["label_mask"], "patient": batch["patient"], "images": batch["frontal"]}
 
     loader = cls_task.eval_loader(config.eval.split)
-    return predict(fn, cls_state, loader, mesh_for(config), config.eval.batch_size, config.eval.num_examples)
+    return predict(fn, variables, loader, mesh_for(config), config.eval.batch_size, config.eval.num_examples)
 
 
 def _generated_outputs(task, state, cls_task, cls_state, n: int, seed: int, batch_size: int):
@@ -46,7 +47,7 @@ def _generated_outputs(task, state, cls_task, cls_state, n: int, seed: int, batc
     net, variables = cls_task.net, {"params": cls_state.params, "batch_stats": cls_state.batch_stats}
 
     @jax.jit
-    def classify(images):
+    def classify(variables, images):
         grey = images.mean(axis=-1, keepdims=True) if images.shape[-1] != 1 else images
         logits, features = net.apply(variables, grey, train=False)
         return jax.nn.sigmoid(logits), features
@@ -56,7 +57,7 @@ def _generated_outputs(task, state, cls_task, cls_state, n: int, seed: int, batc
     for i in range(0, n, batch_size):
         chunk = images[i:i + batch_size]
         pad = batch_size - len(chunk)  # one compiled shape
-        p, f = jax.device_get(classify(np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)]) if pad else chunk))
+        p, f = jax.device_get(classify(variables, np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)]) if pad else chunk))
         probs.append(p[:len(chunk)])
         features.append(f[:len(chunk)])
     return images, np.concatenate(probs), np.concatenate(features)
@@ -67,7 +68,7 @@ def _archive_dir(task, workdir: str) -> str | None:
     return directory if os.path.isfile(os.path.join(directory, "labels.csv")) else None
 
 
-def final_report(task, state, workdir: str) -> dict:
+def final_report(task, state, workdir: str, checkpoint_step: int | None = None) -> dict:
     from xray_gen.evaluation.html_report import read_curves, write_html_report
     from xray_gen.evaluation.protocol import eval_dir as protocol_eval_dir, model_protocol, write_result_json
 
@@ -84,7 +85,7 @@ def final_report(task, state, workdir: str) -> dict:
     # CheXpert's convention, as the classifier trains: not mentioned = negative; NaN only where
     # uncertain labels are ignored (data.uncertain_as = NaN).
     real_labels = np.where(real["mask"] > 0, real["targets"], np.nan).astype(np.float32)
-    eval_dir = protocol_eval_dir(workdir)
+    eval_dir = protocol_eval_dir(workdir, checkpoint_step)
     metrics = {"split": c.eval.split, "num_real": n_real, "num_generated": n_gen, "resolution": c.data.resolution,
                "feature_extractor": "xray_gen classifier (DenseNet) penultimate features"}
 
@@ -126,7 +127,7 @@ def final_report(task, state, workdir: str) -> dict:
         if c.eval.split != "test":
             logging.warning("GAN-train tests on the real test split, not eval.split=%s", c.eval.split)
         try:
-            gan = synthetic.gan_train(archive, c.data, prepared.config, workdir)
+            gan = utility.gan_train(archive, c.data, prepared.config, workdir)
         except ValueError as e:  # e.g. too few synthetic patients for a validation split
             gan = None
             metrics["gan_train"] = {"skipped": str(e)}

@@ -72,10 +72,13 @@ class PGGANTask(loop.Task):
             stable = p.final_stable_images if level == self.max_level else p.stable_images
             self.phases.append((level, fade_steps, fade_steps + math.ceil(stable / bs)))
         self.boundaries = np.cumsum([steps for _, _, steps in self.phases])
-        if config.train.num_steps < 0:
-            config.train.num_steps = int(self.boundaries[-1])
 
     # ---- schedule ----------------------------------------------------------------------------
+    def num_steps(self) -> int:
+        """`train.num_steps`, or (-1) the sum of every level's fade-in and stable steps."""
+        n = int(self.config.train.num_steps)
+        return int(self.boundaries[-1]) if n < 0 else n
+
     def phase(self, step: int) -> int:
         return int(min(np.searchsorted(self.boundaries, step, side="right"), len(self.phases) - 1))
 
@@ -126,10 +129,10 @@ class PGGANTask(loop.Task):
         return PreparedClassifier(self.config.data, p.classifier_variant, p.classifier_steps,
                                   os.path.join(root, f"classifier_{self.config.data.resolution}"))
 
-    def prepare(self) -> None:
-        """Trains (once, resumably) the DenseNet classifier that labels generated images, drives
-        class optimisation and gives the in-domain FID features."""
-        self.classifier().train()
+    def prerequisites(self) -> list[loop.Prerequisite]:
+        """The DenseNet classifier that labels generated images, drives class optimisation and
+        gives the in-domain FID features."""
+        return [self.classifier().prerequisite()]
 
     # ---- pure functions ----------------------------------------------------------------------
     def real_images(self, batch, level: int, alpha):
@@ -158,7 +161,7 @@ class PGGANTask(loop.Task):
         level = self.phases[phase][0]
         p = self.config.pggan
 
-        def step(state: PGGANState, batch):
+        def step(state: PGGANState, frozen: dict, batch):
             k_d, k_g, k_gp = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
             alpha = self.alpha(state.step, phase)
             real = self.real_images(batch, level, alpha)
@@ -193,8 +196,8 @@ class PGGANTask(loop.Task):
 
         return step
 
-    def train_step(self, state, batch):
-        return self.phase_step(0)(state, batch)
+    def train_step(self, state, frozen, batch):
+        return self.phase_step(0)(state, frozen, batch)
 
     def write_summaries(self, writer, state, step: int) -> None:
         images = self.sample_images(state, self.config.sample.num_samples, self.config.sample.seed)
@@ -230,7 +233,7 @@ class PGGANTask(loop.Task):
         return {"samples": len(images), "directory": out_dir}
 
     # ---- evaluation --------------------------------------------------------------------------
-    def final_report(self, state, workdir: str) -> dict:
+    def final_report(self, state, workdir: str, checkpoint_step: int | None = None) -> dict:
         from xray_gen.models.pggan.evaluation import final_report
 
-        return final_report(self, state, workdir)
+        return final_report(self, state, workdir, checkpoint_step)

@@ -5,8 +5,8 @@ phase has its own batch size, resolution and jitted step; the encoder, both gene
 every critic live in one state from the start, so a stage switch only recompiles. At stage s the
 critics of stage s score (image, report) pairs (WGAN-GP), and the generator minimises
 adv + 100 * L2 to the paired real image - w_vc * VC reward, where the reward is the frozen VCN's
-same-patient probability for the generated frontal/lateral pair (its parameters are constants of
-the step, so no gradient reaches them).
+same-patient probability for the generated frontal/lateral pair (its variables reach the step as
+the loop's `frozen` argument, so no gradient reaches them and they are not baked into the program).
 """
 
 from __future__ import annotations
@@ -67,8 +67,6 @@ class XRayGANTask(loop.Task):
             ("gan", s, x.stage_steps[s]) for s in range(x.num_stages)
         ]
         self.boundaries = np.cumsum([n for _, _, n in self.phases])
-        if config.train.num_steps < 0:
-            config.train.num_steps = int(self.boundaries[-1])
         self.tokenizer = workdir_tokenizer(workdir, config.data, x.vocab_size)
         enc_cls = HierarchicalReportEncoder if x.encoder == "hae" else FlatReportEncoder
         if x.encoder not in ("hae", "flat") or x.generator not in ("cascade", "oneshot"):
@@ -84,6 +82,11 @@ class XRayGANTask(loop.Task):
         self._vcn = {}
 
     # ---- phases ------------------------------------------------------------------------------
+    def num_steps(self) -> int:
+        """`train.num_steps`, or (-1) the sum of the stages' steps and the warm-up."""
+        n = int(self.config.train.num_steps)
+        return int(self.boundaries[-1]) if n < 0 else n
+
     def phase(self, step: int) -> int:
         return int(min(np.searchsorted(self.boundaries, step, side="right"), len(self.phases) - 1))
 
@@ -120,18 +123,13 @@ class XRayGANTask(loop.Task):
         x = self.config.xraygan
         return PreparedClassifier(self.config.data, x.classifier_variant, x.classifier_steps, self.classifier_dir())
 
-    def prepare(self) -> None:
-        """Trains (once, resumably) what training and evaluation lean on: the VCN of every stage
-        resolution (frozen reward; also the evaluation's VC score, so even `wo_vcn` has them) and
-        the in-domain classifier at the final resolution (FID features, clinical AUROC)."""
-        from xray_gen.models.vcn import VCNTask
-
-        for stage in range(self.config.xraygan.num_stages):
-            res = stage_resolution(stage)
-            logging.info("XRayGAN: training the frozen VCN at %d px in %s", res, self.vcn_dir(res))
-            vc = self.vcn_config(res)
-            loop.train(VCNTask(vc), vc, self.vcn_dir(res))
-        self.classifier().train()
+    def prerequisites(self) -> list[loop.Prerequisite]:
+        """What training and evaluation lean on: the VCN of every stage resolution (frozen reward;
+        also the evaluation's VC score, so even `wo_vcn` has them) and the in-domain classifier at
+        the final resolution (FID features, clinical AUROC)."""
+        vcns = [loop.Prerequisite(f"vcn_{res}", self.vcn_config(res), self.vcn_dir(res))
+                for res in map(stage_resolution, range(self.config.xraygan.num_stages))]
+        return vcns + [self.classifier().prerequisite()]
 
     def _prepared_root(self) -> str:
         """Where the frozen VCNs and the evaluation classifier live: `xraygan.prepared_dir` lets
@@ -144,22 +142,38 @@ class XRayGANTask(loop.Task):
     def vcn_dir(self, resolution: int) -> str:
         return os.path.join(self._prepared_root(), f"vcn_{resolution}")
 
+    def vcn_task(self, stage: int):
+        from xray_gen.models.vcn import VCNTask
+
+        return VCNTask(self.vcn_config(stage_resolution(stage)))
+
     def vcn(self, stage: int):
         """(net, frozen variables) of the stage's VCN, loaded from its workdir."""
         if stage not in self._vcn:
-            from xray_gen.models.vcn import VCNTask
-
-            vc = self.vcn_config(stage_resolution(stage))
-            task = VCNTask(vc)
-            state, _ = loop.restore_latest(task, vc, self.vcn_dir(stage_resolution(stage)))
+            task = self.vcn_task(stage)
+            state, _ = loop.restore_latest(task, task.config, self.vcn_dir(stage_resolution(stage)))
             self._vcn[stage] = (task.net, {"params": state.params, "batch_stats": state.batch_stats})
         return self._vcn[stage]
+
+    def _uses_vcn(self, phase: int) -> bool:
+        x = self.config.xraygan
+        return self.phases[phase][0] == "gan" and x.use_vcn and x.vc_weight != 0
+
+    def frozen(self, phase: int = 0) -> dict:
+        """{"vcn": variables of the phase's VCN} when its reward is used, else {}."""
+        return {"vcn": self.vcn(self.phases[phase][1])[1]} if self._uses_vcn(phase) else {}
+
+    def random_frozen(self, phase: int, rng) -> dict:
+        if not self._uses_vcn(phase):
+            return {}
+        state = self.vcn_task(self.phases[phase][1]).init(rng)
+        return {"vcn": {"params": state.params, "batch_stats": state.batch_stats}}
 
     # ---- pure functions ----------------------------------------------------------------------
     def _generate(self, g_params, batch, rng, stage: int):
         """Condition c and the generated {view: image at the stage's resolution}."""
         c = self.encoder.apply(g_params["encoder"], batch)
-        images = self._generate_stages(g_params, batch, rng, stage, c)
+        images = self.generate_stages(g_params, batch, rng, stage, c)
         res = stage_resolution(stage)
         # The one-shot ablation only makes the final resolution: earlier stages see it downsampled.
         fakes = {v: images[v][-1] for v in VIEWS}
@@ -205,10 +219,10 @@ class XRayGANTask(loop.Task):
     def phase_step(self, phase: int):
         kind, stage, _ = self.phases[phase]
         x = self.config.xraygan
-        use_vcn = kind == "gan" and x.use_vcn and x.vc_weight != 0
-        vcn_net, vcn_vars = self.vcn(stage) if use_vcn else (None, None)
+        use_vcn = self._uses_vcn(phase)
+        vcn_net = self.vcn_task(stage).net if use_vcn else None
 
-        def step(state: XRayGANState, batch):
+        def step(state: XRayGANState, frozen: dict, batch):
             rng = jax.random.fold_in(state.rng, state.step)
             k_z, k_gp = jax.random.split(rng)
             real = {v: aug.to_float(batch[v]) for v in VIEWS}
@@ -245,7 +259,7 @@ class XRayGANTask(loop.Task):
                 scores = [self.critic.apply(d_params[f"{v}_{stage}"], fakes[v], c_fixed) for v in VIEWS]
                 p_same = None
                 if use_vcn:
-                    p_same = jax.nn.sigmoid(vcn_net.apply(vcn_vars, fakes["frontal"], fakes["lateral"], train=False))
+                    p_same = jax.nn.sigmoid(vcn_net.apply(frozen["vcn"], fakes["frontal"], fakes["lateral"], train=False))
                 return losses.generator_objective(
                     scores, [fakes[v] for v in VIEWS], [real[v] for v in VIEWS], p_same,
                     adv_weight=x.adv_weight, pixel_weight=x.pixel_weight, vc_weight=x.vc_weight, vc_form=x.vc_form,
@@ -261,9 +275,9 @@ class XRayGANTask(loop.Task):
 
         return step
 
-    def train_step(self, state, batch):
+    def train_step(self, state, frozen, batch):
         """The first phase's step (the loop asks `phase_step` for each phase)."""
-        return self.phase_step(0)(state, batch)
+        return self.phase_step(0)(state, frozen, batch)
 
     def train_loader(self):
         return self.phase_loader(0)
@@ -291,7 +305,7 @@ class XRayGANTask(loop.Task):
         else:
             items = sampling.load_reports(report, report_file)
         last = x.num_stages - 1
-        generate = jax.jit(lambda g_params, batch, rng: self._generate_stages(g_params, batch, rng, last))
+        generate = jax.jit(lambda g_params, batch, rng: self.generate_stages(g_params, batch, rng, last))
         out_dir = os.path.join(workdir, "samples")
         summary, rows = {}, []
         n_draws = c.sample.num_samples if x.noise_dim > 0 else 1
@@ -330,7 +344,7 @@ class XRayGANTask(loop.Task):
         logging.info("wrote samples of %d of %d reports to %s", len(rows) // n_draws, len(items), out_dir)
         return summary
 
-    def _generate_stages(self, g_params, batch, rng, stage: int, c=None):
+    def generate_stages(self, g_params, batch, rng, stage: int, c=None):
         """{view: [image per stage up to `stage`]} (the one-shot ablation has only the final one)."""
         c = self.encoder.apply(g_params["encoder"], batch) if c is None else c
         x = self.config.xraygan
@@ -340,7 +354,7 @@ class XRayGANTask(loop.Task):
         return self.generator.apply(g_params["generator"], c, z, stage=stage)
 
     # ---- evaluation ---------------------------------------------------------------------------
-    def final_report(self, state, workdir: str) -> dict:
+    def final_report(self, state, workdir: str, checkpoint_step: int | None = None) -> dict:
         """Paper Tables 1/2 on `eval.split`: per view FID/KID (classifier features), SSIM to the real
         image of the same report, VC of generated / real / mismatched generated pairs, and the
         classifier's AUROC for the report's labels on generated (and real) frontals."""
@@ -360,21 +374,23 @@ class XRayGANTask(loop.Task):
         classifier, cls_state = self.classifier().load()
         cls_vars = {"params": cls_state.params, "batch_stats": cls_state.batch_stats}
 
-        def fn(st, batch):
+        def fn(inputs, batch):
+            st, frozen = inputs
             _, fakes = self._generate(st.g_params, batch, jax.random.PRNGKey(c.sample.seed), last)
             real = {v: aug.to_float(batch[v]) for v in VIEWS}
-            vc = lambda f, l: jax.nn.sigmoid(vcn_net.apply(vcn_vars, f, l, train=False))
+            vc = lambda f, l: jax.nn.sigmoid(vcn_net.apply(frozen["vcn"], f, l, train=False))
             out = {"vc_generated": vc(fakes["frontal"], fakes["lateral"]), "vc_real": vc(real["frontal"], real["lateral"]),
                    "vc_mismatched": vc(fakes["frontal"], jnp.roll(fakes["lateral"], 1, axis=0)),
                    "targets": batch["targets"], "mask": batch["label_mask"]}
             for v in VIEWS:
                 for kind, images in (("fake", fakes[v]), ("real", real[v])):
-                    logits, feats = classifier.net.apply(cls_vars, images, train=False)
+                    logits, feats = classifier.net.apply(frozen["classifier"], images, train=False)
                     out[f"{kind}_{v}_features"], out[f"{kind}_{v}_probs"] = feats, jax.nn.sigmoid(logits)
                 out[f"fake_{v}"], out[f"real_{v}"] = fakes[v], real[v]
             return out
 
-        out = predict(fn, state, loader, mesh_for(c), c.eval.batch_size, c.eval.num_examples)
+        frozen = {"vcn": vcn_vars, "classifier": cls_vars}  # arguments of the jitted function, not its constants
+        out = predict(fn, (state, frozen), loader, mesh_for(c), c.eval.batch_size, c.eval.num_examples)
         n = len(out["targets"])
         mask = out["mask"] > 0
         metrics = {"split": c.eval.split, "num_reports": n, "resolution": res,
@@ -398,8 +414,8 @@ class XRayGANTask(loop.Task):
         if c.eval.get("inception_weights") and n >= 2:
             metrics.update(inception_metrics(c.eval.inception_weights, out, n))
         protocol = model_protocol(c, "xraygan+classifier_features", cls_state.params, n, c.eval.get("bootstrap", 0))
-        result = write_result_json(os.path.join(protocol_eval_dir(workdir), f"xraygan_{c.eval.split}.json"), metrics, protocol)
-        self._write_html(os.path.join(protocol_eval_dir(workdir), f"xraygan_{c.eval.split}.html"), result, out, per_class, workdir)
+        result = write_result_json(os.path.join(protocol_eval_dir(workdir, checkpoint_step), f"xraygan_{c.eval.split}.json"), metrics, protocol)
+        self._write_html(os.path.join(protocol_eval_dir(workdir, checkpoint_step), f"xraygan_{c.eval.split}.html"), result, out, per_class, workdir)
         return metrics
 
     def _write_html(self, path: str, result: dict, out: dict, per_class: dict, workdir: str) -> None:
