@@ -56,11 +56,11 @@ def make_task(kind: str, variant: str, resolution: int, workers: int, batch: int
     from xray_gen.configs.vcn import get_config as vcn_config
 
     if kind == "classifier":
-        from xray_gen.models.classifier import ClassifierTask as Task
+        from xray_gen.models.classifier.task import ClassifierTask as Task
 
         config = classifier_config(variant)
     elif kind == "vcn":
-        from xray_gen.models.vcn import VCNTask as Task
+        from xray_gen.models.vcn.task import VCNTask as Task
 
         config = vcn_config(variant)
     else:

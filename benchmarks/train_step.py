@@ -84,10 +84,10 @@ def get_task(model: str, variant: str, overrides: dict, width_multiplier: float 
     its width fields times `width_multiplier`."""
     if model == "classifier":
         from xray_gen.configs.classifier import get_config
-        from xray_gen.models.classifier import ClassifierTask as Task
+        from xray_gen.models.classifier.task import ClassifierTask as Task
     elif model == "vcn":
         from xray_gen.configs.vcn import get_config
-        from xray_gen.models.vcn import VCNTask as Task
+        from xray_gen.models.vcn.task import VCNTask as Task
     elif model == "emixer":
         from xray_gen.configs.emixer import get_config
         from xray_gen.models.emixer.task import EmixerTask as Task

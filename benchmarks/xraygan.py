@@ -47,7 +47,7 @@ SAMPLE_REPORT = {
 
 
 def phase_label(kind: str, stage: int) -> str:
-    from xray_gen.models.xraygan.task import stage_resolution
+    from xray_gen.models.xraygan.steps import stage_resolution
 
     return f"{kind}_{stage_resolution(stage)}"
 
@@ -69,8 +69,9 @@ def make_task(variant: str, workdir: str, prng: str = "threefry"):
     import jax
 
     from xray_gen.configs.xraygan import get_config
-    from xray_gen.models.vcn import VCNTask
-    from xray_gen.models.xraygan.task import XRayGANTask, stage_resolution
+    from xray_gen.models.vcn.task import VCNTask
+    from xray_gen.models.xraygan.steps import stage_resolution
+    from xray_gen.models.xraygan.task import XRayGANTask
 
     config = get_config(variant)
     config.data.worker_count = 0  # one batch per phase is drawn: no worker processes to spawn
@@ -92,7 +93,7 @@ def make_task(variant: str, workdir: str, prng: str = "threefry"):
 def bench_phase(task, phase: int, holder: dict, mesh, args) -> dict:
     import jax
 
-    from xray_gen.models.xraygan.task import VIEWS, stage_resolution
+    from xray_gen.models.xraygan.steps import VIEWS, stage_resolution
     from xray_gen.training.sharding import batch_sharding, replicated, to_global
 
     kind, stage, num_steps = task.phases[phase]
@@ -145,8 +146,8 @@ def bench_sampling(task, state, args) -> dict:
     """Latency of generating every stage of both views for one report (batch of 1), as `task.sample` does."""
     import jax
 
-    from xray_gen.models.xraygan import sampling
-    from xray_gen.models.xraygan.task import stage_resolution
+    from xray_gen.models.xraygan import generate as sampling
+    from xray_gen.models.xraygan.steps import stage_resolution
 
     x = task.config.xraygan
     last = x.num_stages - 1

@@ -14,11 +14,14 @@ def metrics(split="validation", n=24, res=64, fid=(40.0, 50.0), ssim=(0.3, 0.25)
             auroc=(0.7, 0.85), with_lateral_fid=True):
     m = {"split": split, "num_reports": n, "resolution": res,
          "vc": {"generated": vc[0], "real": vc[1], "mismatched": vc[2]},
-         "fid_frontal": fid[0], "kid_frontal": [0.01, 0.002], "ssim_frontal": ssim[0],
-         "ssim_lateral": ssim[1],
+         "fidelity": {"frontal": {"fid": fid[0], "kid": {"mean": 0.01, "std": 0.002, "subset_size": n // 2,
+                                                         "num_subsets": 100}}},
+         "ssim_frontal": ssim[0], "ssim_lateral": ssim[1],
          "clinical_auroc_generated_frontal": auroc[0], "clinical_auroc_real_frontal": auroc[1]}
     if with_lateral_fid:
-        m["fid_lateral"], m["kid_lateral"] = fid[1], [0.02, 0.003]
+        m["fidelity"]["lateral"] = {"fid": fid[1], "kid": {"mean": 0.02, "std": 0.003}}
+    else:
+        m["fidelity"]["lateral"] = {"skipped": "fewer than 2 images on a side"}
     return m
 
 
@@ -76,10 +79,11 @@ def test_rows_and_values(runs):
     assert [r["variant"] for r in rows] == ["", "wo_vcn", "wo_mscgan", "wo_hae"]
     assert rows[1]["ablation"]["use_vcn"] is False
     m = rows[0]["metrics"]
-    assert m["fid_frontal"] == 40.0 and m["vc_generated"] == pytest.approx(0.812345)
-    assert m["kid_frontal_mean"] == 0.01 and m["kid_frontal_std"] == 0.002
+    assert m["fidelity_frontal_fid"] == 40.0 and m["vc_generated"] == pytest.approx(0.812345)
+    assert m["fidelity_frontal_kid_mean"] == 0.01 and m["fidelity_frontal_kid_std"] == 0.002
     assert m["split"] == "validation" and m["num_reports"] == 24
-    assert "fid_lateral" not in rows[3]["metrics"]
+    assert "fidelity_lateral_fid" not in rows[3]["metrics"]
+    assert rows[3]["metrics"]["fidelity_lateral_skipped"] == "fewer than 2 images on a side"
     assert report["comparable"] is True and report["mismatches"] == {} and report["warnings"] == []
     assert report["split"] == "validation" and report["num_reports"] == 24 and report["resolution"] == 64
     assert report["real"]["metrics"] == {"vc_generated": 0.9, "clinical_auroc_generated_frontal": 0.85}
@@ -171,7 +175,8 @@ def test_errors_name_the_workdir(tmp_path):
         "list": ([1, 2], "top level is list"),
         "schema": ({**good, "schema": "other"}, "schema 'other'"),
         "nometrics": ({k: v for k, v in good.items() if k != "metrics"}, "'metrics' missing"),
-        "badvalue": ({**good, "metrics": {**good["metrics"], "fid_frontal": "big"}}, "metrics.fid_frontal is str"),
+        "badvalue": ({**good, "metrics": {**good["metrics"], "fidelity": {"frontal": {"fid": "big"}}}},
+                     "metrics.fidelity_frontal_fid is str"),
         "badvc": ({**good, "metrics": {**good["metrics"], "vc": 0.5}}, "metrics.vc is float"),
     }
     for name, (content, message) in cases.items():

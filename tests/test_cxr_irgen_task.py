@@ -103,9 +103,9 @@ def test_evaluation_json_has_the_paper_tables(run):
     with open(os.path.join(wd, "eval", "cxr_irgen_test.json")) as f:
         record = json.load(f)
     assert record["metrics"]["num_conditioning_studies"] == run["config"].eval.num_examples
-    for key in ("fid", "psnr", "ssim", "kid"):
-        assert key in m
-    assert np.isfinite(m["fid"]) and 0.0 < m["psnr"] < 100.0 and -1.0 <= m["ssim"] <= 1.0
+    fidelity = m["fidelity"]["frontal"]
+    assert {"fid", "kid", "n_generated", "n_reference"} <= set(fidelity) and "psnr" in m and "ssim" in m
+    assert np.isfinite(fidelity["fid"]) and 0.0 < m["psnr"] < 100.0 and -1.0 <= m["ssim"] <= 1.0
     table = m["pathology_auroc"]["generated"]
     assert set(configs.PAPER_PATHOLOGIES) <= set(table)
     assert all(v is None or 0.0 <= v <= 1.0 for v in table.values())

@@ -96,7 +96,9 @@ def test_evaluate_and_label_fraction_table(trained, tmp_path):
     config, workdir = trained
     result = main.run(config, workdir, "evaluate")
     assert result["num_generated"] == config.eval.num_generated and result["num_real"] == config.eval.num_examples
-    assert result["fid"] >= 0.0 and result["fid_ci"][0] <= result["fid_ci"][1] and len(result["kid"]) == 2
+    fidelity = result["fidelity"]["frontal"]
+    assert fidelity["fid"] >= 0.0 and fidelity["fid_ci"][0] <= fidelity["fid_ci"][1]
+    assert fidelity["kid"]["num_subsets"] == 100 and fidelity["n_generated"] == config.eval.num_generated
     for key in ("report_f_on_real", "report_generated"):
         assert {"bleu_1", "bleu_2", "bleu_3", "bleu_4", "cider", "rouge_l"} <= set(result[key])
         assert all(0.0 <= result[key][k] <= 1.0 for k in ("bleu_4", "rouge_l"))
@@ -131,7 +133,7 @@ def test_evaluate_and_label_fraction_table(trained, tmp_path):
 
     other = tmp_path / "labels30"
     shutil.copytree(eval_dir, other / "eval")
-    record["metrics"]["label_fraction"], record["metrics"]["fid"] = 0.3, 123.0
+    record["metrics"]["label_fraction"], record["metrics"]["fidelity"]["frontal"]["fid"] = 0.3, 123.0
     (other / "eval" / "emixer_test.json").write_text(json.dumps(record))
     table = compare_label_fractions([workdir, str(other)], out_dir=str(tmp_path / "table"))
     assert [r["label_fraction"] for r in table["rows"]] == [0.3, 1.0] and not table["warnings"]

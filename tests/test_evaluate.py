@@ -85,8 +85,8 @@ def networks(tmp_path_factory):
     """Smoke-sized classifier and VCN workdirs on the same tiny phantom."""
     from xray_gen.configs import classifier as classifier_config
     from xray_gen.configs import vcn as vcn_config
-    from xray_gen.models.classifier import ClassifierTask
-    from xray_gen.models.vcn import VCNTask
+    from xray_gen.models.classifier.task import ClassifierTask
+    from xray_gen.models.vcn.task import VCNTask
 
     root = tmp_path_factory.mktemp("nets")
     out = {}

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from xray_gen.configs import classifier as classifier_config
-from xray_gen.models.classifier import ClassifierTask
+from xray_gen.models.classifier.task import ClassifierTask
 from xray_gen.training import loop
 from xray_gen.training.sharding import MODEL_AXIS, make_mesh, parse_shard_rules, state_shardings
 

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from xray_gen.configs import classifier as classifier_config
-from xray_gen.models.classifier import ClassifierTask
+from xray_gen.models.classifier.task import ClassifierTask
 from xray_gen.training import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -106,8 +106,9 @@ def test_sample_archive_and_evaluate(trained):
     assert os.path.isdir(os.path.join(full, "critic_classifier", "checkpoints")) and summary["images"] > 0
 
     metrics = main.run(_config(prepared), full, "evaluate")
-    assert metrics["num_generated"] == 24 and metrics["num_real"] == 24 and np.isfinite(metrics["fid_generated"])
-    assert metrics["fid_generated_ci"][0] <= metrics["fid_generated_ci"][1]
+    fidelity = metrics["fidelity"]["frontal"]
+    assert metrics["num_generated"] == 24 and metrics["num_real"] == 24 and np.isfinite(fidelity["fid"])
+    assert fidelity["fid_ci"][0] <= fidelity["fid_ci"][1] and fidelity["n_generated"] == 24
     gan = metrics["gan_train"]  # GAN-train, or the reason it was skipped (a tiny smoke archive)
     assert gan.get("archive", {}).get("size") == len(rows) or "generate more patients" in gan["skipped"]
     tables = json.load(open(os.path.join(full, "eval", "tables.json")))

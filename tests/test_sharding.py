@@ -6,8 +6,8 @@ import pytest
 
 from xray_gen.configs import classifier as classifier_config
 from xray_gen.configs import vcn as vcn_config
-from xray_gen.models.classifier import ClassifierTask
-from xray_gen.models.vcn import VCNTask
+from xray_gen.models.classifier.task import ClassifierTask
+from xray_gen.models.vcn.task import VCNTask
 from xray_gen.training.sharding import batch_sharding, make_mesh, replicated, to_global
 
 

@@ -8,7 +8,8 @@ import pytest
 
 from xray_gen import main
 from xray_gen.configs import vcn as vcn_config
-from xray_gen.models.vcn import pair_loss, pair_metrics
+from xray_gen.models.vcn.evaluation import pair_metrics
+from xray_gen.models.vcn.losses import pair_loss
 
 
 def test_pair_loss_matches_hand_computation_and_ignores_masked_negatives():

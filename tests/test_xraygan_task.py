@@ -54,7 +54,8 @@ def test_smoke_training_runs_all_phases_with_frozen_vcns(tmp_path):
     assert set(result["vc"]) == {"generated", "real", "mismatched"}
     assert all(0.0 <= p <= 1.0 for p in result["vc"].values())
     for view in ("frontal", "lateral"):
-        assert result[f"fid_{view}"] >= 0.0 and -1.0 <= result[f"ssim_{view}"] <= 1.0
+        numbers = result["fidelity"][view]
+        assert numbers["fid"] >= 0.0 and numbers["kid"]["num_subsets"] == 100 and -1.0 <= result[f"ssim_{view}"] <= 1.0
     assert os.path.exists(os.path.join(workdir, "eval", "xraygan_validation.json"))
     page = open(os.path.join(workdir, "eval", "xraygan_validation.html")).read()
     assert page.count("data:image/png;base64,") >= 4 * config.sample.num_reports  # generated + real pairs
@@ -62,19 +63,20 @@ def test_smoke_training_runs_all_phases_with_frozen_vcns(tmp_path):
 
 
 def test_stage_boundaries_and_resolutions():
-    from xray_gen.models.xraygan.task import XRayGANTask, stage_resolution
+    from xray_gen.models.xraygan.steps import Schedule, stage_resolution
 
-    task = XRayGANTask.__new__(XRayGANTask)  # phase arithmetic only: no tokenizer or networks needed
-    task.phases = [("warmup", 0, 2), ("gan", 0, 3), ("gan", 1, 3)]
-    task.boundaries = np.cumsum([2, 3, 3])
-    assert [task.phase(s) for s in range(8)] == [0, 0, 1, 1, 1, 2, 2, 2]
+    x = xraygan_config.get_config("smoke").xraygan
+    x.warmup_steps, x.stage_steps = 2, (3, 3)
+    schedule = Schedule.from_config(x)
+    assert schedule.phases == (("warmup", 0, 2), ("gan", 0, 3), ("gan", 1, 3)) and schedule.boundaries == (2, 5, 8)
+    assert [schedule.phase_at(s) for s in range(9)] == [0, 0, 1, 1, 1, 2, 2, 2, 2]
     assert [stage_resolution(s) for s in range(4)] == [32, 64, 128, 256]
 
 
 def test_load_reports_formats_and_errors(tmp_path):
     import pytest
 
-    from xray_gen.models.xraygan.sampling import load_reports
+    from xray_gen.models.xraygan.generate import load_reports
 
     one = load_reports(report="FINDINGS: Clear lungs. IMPRESSION: Normal.")
     assert one == [{"id": "report", "findings": "Clear lungs.", "impression": "Normal."}]
@@ -99,7 +101,7 @@ def test_vc_reward_gradients_reach_both_generators_and_leave_the_vcn_alone():
     import jax.numpy as jnp
     import optax
 
-    from xray_gen.models.vcn import ViewConsistencyNet
+    from xray_gen.models.vcn.networks import ViewConsistencyNet
     from xray_gen.models.xraygan.losses import vc_reward_loss
     from xray_gen.models.xraygan.networks import XRayGANGenerator
 
@@ -118,56 +120,29 @@ def test_vc_reward_gradients_reach_both_generators_and_leave_the_vcn_alone():
     g_grads = jax.grad(loss)(g_params, vcn_vars)
     assert float(optax.tree.norm(g_grads["params"]["frontal"])) > 0
     assert float(optax.tree.norm(g_grads["params"]["lateral"])) > 0
-    # In the task the VCN's variables are constants of the step (outside every optimised pytree):
-    # its parameters change only if something differentiates with respect to them, which no step does.
-    from xray_gen.models.xraygan.task import XRayGANState
+    # In the task the VCN's variables are the step's `frozen` argument (outside every optimised
+    # pytree): its parameters change only if something differentiates with respect to them.
+    from xray_gen.models.xraygan.steps import XRayGANState
 
     assert "vcn" not in XRayGANState.__dataclass_fields__
 
 
-def test_inception_metrics_split_pool_and_logits(monkeypatch):
-    """One extractor pass per image: the first 2048 columns feed FID, the remaining 1008 the IS."""
-    from xray_gen.evaluation import features, fid
-    from xray_gen.evaluation.metrics import inception_score
-    from xray_gen.models.xraygan import task as task_module
-
-    rng = np.random.default_rng(0)
-    proj = rng.normal(size=(16, 2048 + 1008))
-
-    def fake_extractor(path, output):
-        assert (path, output) == ("w.safetensors", "pool+logits")
-        return _Fake()
-
-    class _Fake:
-        name, weights_checksum, resize_policy, grey_rule = "inception_v3_fid_pool+logits", "abc", "r", "g"
-
-        def __call__(self, images):
-            return np.asarray(images).reshape(len(images), -1)[:, :16] @ proj
-
-    monkeypatch.setattr(features, "inception_extractor", fake_extractor)
-    out = {f"{k}_{v}": rng.uniform(-1, 1, size=(12, 4, 4, 1)) for k in ("fake", "real") for v in ("frontal", "lateral")}
-    m = task_module.inception_metrics("w.safetensors", out, 12)
-    assert m["inception"]["weights_checksum"] == "abc"
-    f = _Fake()(out["fake_lateral"])
-    r = _Fake()(out["real_lateral"])
-    g, rs = fid.FeatureStats.from_features(f[:, :2048]), fid.FeatureStats.from_features(r[:, :2048])
-    assert m["inception_fid_lateral"] == fid.frechet_distance(g.mean, g.cov, rs.mean, rs.cov)
-    assert m["inception_is_lateral"] == list(inception_score(f[:, 2048:], splits=10, from_logits=True))
-    assert m["inception_is_frontal"] != m["inception_is_real_frontal"]
-
 
 def test_learning_rate_milestones_and_step_decay_per_stage():
-    from xray_gen.models.xraygan.task import XRayGANTask
+    from xray_gen.models.xraygan.steps import Schedule
 
-    task = XRayGANTask.__new__(XRayGANTask)
-    task.phases = [("gan", 0, 100), ("gan", 1, 100)]
-    task.boundaries = np.cumsum([100, 100])
-    task.config = xraygan_config.get_config("official")  # x0.2 at 45/70/90 % of each stage
-    lr = lambda step, phase: float(task._lr(step, phase))
+    x = xraygan_config.get_config("official").xraygan  # x0.2 at 45/70/90 % of each stage
+    x.num_stages, x.stage_steps = 2, (100, 100)
+    schedule = Schedule.from_config(x)
+    lr = lambda step, phase: float(schedule.learning_rate(x, step, phase))
     np.testing.assert_allclose([lr(s, 0) for s in (0, 44, 45, 69, 70, 90, 99)],
                                3e-4 * np.array([1, 1, 0.2, 0.2, 0.04, 0.008, 0.008]), rtol=1e-6)
     np.testing.assert_allclose([lr(100, 1), lr(145, 1)], [3e-4, 3e-4 * 0.2], rtol=1e-6)  # restarts per stage
-    task.config = xraygan_config.get_config("")  # paper: x0.2 every lr_decay_every steps
-    every = task.config.xraygan.lr_decay_every
-    task.phases = [("gan", 2, 3 * every)]
-    np.testing.assert_allclose([lr(0, 0), lr(every, 0), lr(2 * every + 1, 0)], 2e-4 * np.array([1, 0.2, 0.04]), rtol=1e-6)
+    x = xraygan_config.get_config("").xraygan  # paper: x0.2 every lr_decay_every steps
+    every = x.lr_decay_every
+    x.stage_steps = (3 * every,) * 4
+    schedule = Schedule.from_config(x)
+    lr = lambda step, phase: float(schedule.learning_rate(x, step, phase))
+    start = schedule.start(2)
+    np.testing.assert_allclose([lr(start, 2), lr(start + every, 2), lr(start + 2 * every + 1, 2)],
+                               2e-4 * np.array([1, 0.2, 0.04]), rtol=1e-6)

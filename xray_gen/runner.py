@@ -24,8 +24,8 @@ from xray_gen.files import atomic_open
 MODES = ("train", "evaluate", "sample")
 # config.model -> "module:Task class"; imported only when chosen.
 MODELS = {
-    "classifier": "xray_gen.models.classifier:ClassifierTask",
-    "vcn": "xray_gen.models.vcn:VCNTask",
+    "classifier": "xray_gen.models.classifier.task:ClassifierTask",
+    "vcn": "xray_gen.models.vcn.task:VCNTask",
     "xraygan": "xray_gen.models.xraygan.task:XRayGANTask",
     "pggan": "xray_gen.models.pggan.task:PGGANTask",
     "emixer": "xray_gen.models.emixer.task:EmixerTask",

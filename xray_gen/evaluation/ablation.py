@@ -55,8 +55,8 @@ PREFIX = "xraygan_"
 
 # (key in a row's flattened metrics, markdown header, format). Arrows: which direction is better.
 COLUMNS: Tuple[Tuple[str, str, str], ...] = (
-    ("fid_frontal", "FID frontal ↓", "{:.2f}"),
-    ("fid_lateral", "FID lateral ↓", "{:.2f}"),
+    ("fidelity_frontal_fid", "FID frontal ↓", "{:.2f}"),
+    ("fidelity_lateral_fid", "FID lateral ↓", "{:.2f}"),
     ("ssim_frontal", "SSIM frontal ↑", "{:.3f}"),
     ("ssim_lateral", "SSIM lateral ↑", "{:.3f}"),
     ("vc_generated", "VC ↑", "{:.3f}"),
@@ -77,7 +77,7 @@ PROTOCOL_KEYS: Tuple[Tuple[str, str, str], ...] = (
 )
 
 # Metrics that must be numbers (or null); other string metrics (split, ...) are kept as they are.
-NUMERIC_PREFIXES = ("fid_", "kid_", "ssim_", "vc_", "clinical_auroc_", "num_reports", "resolution")
+NUMERIC_PREFIXES = ("fidelity_", "ssim_", "vc_", "clinical_auroc_", "num_reports", "resolution")
 
 # Real-image metrics that depend on the run's own VCN / classifier: warn when they differ.
 REAL_TOLERANCE = 1e-6
@@ -134,8 +134,8 @@ def _number(workdir: str, path: str, key: str, value: Any) -> Optional[float]:
 
 
 def _flatten_metrics(workdir: str, path: str, metrics: Mapping[str, Any]) -> Dict[str, Any]:
-    """{"vc": {"real": x}} -> {"vc_real": x}; "kid_<view>": [mean, std] -> kid_<view>_mean/_std;
-    strings (split) kept; every other leaf must be a number or null."""
+    """{"vc": {"real": x}} -> {"vc_real": x} (and fidelity.frontal.kid.mean -> fidelity_frontal_kid_mean);
+    strings (split, a skipped metric's reason) kept; every other leaf must be a number or null."""
     out: Dict[str, Any] = {}
 
     def visit(prefix: str, value: Any) -> None:
@@ -143,15 +143,12 @@ def _flatten_metrics(workdir: str, path: str, metrics: Mapping[str, Any]) -> Dic
             for k, v in value.items():
                 visit(f"{prefix}_{k}" if prefix else str(k), v)
         elif isinstance(value, (list, tuple)):
-            if prefix.startswith("kid_") and len(value) == 2:
-                out[f"{prefix}_mean"] = _number(workdir, path, prefix, value[0])
-                out[f"{prefix}_std"] = _number(workdir, path, prefix, value[1])
-            elif prefix == "resolution" and all(isinstance(v, int) for v in value):
+            if prefix == "resolution" and all(isinstance(v, int) for v in value):
                 out[prefix] = list(value)
             else:
                 for i, v in enumerate(value):
                     visit(f"{prefix}_{i}", v)
-        elif isinstance(value, str) and not prefix.startswith(NUMERIC_PREFIXES):
+        elif isinstance(value, str) and (not prefix.startswith(NUMERIC_PREFIXES) or prefix.endswith("_skipped")):
             out[prefix] = value
         elif prefix in ("num_reports", "resolution") and isinstance(value, int) and not isinstance(value, bool):
             out[prefix] = value

@@ -232,6 +232,33 @@ def kid(features1, features2, num_subsets: int = 100, max_subset_size: int = 100
 # ------------------------------------------------------------------------------------------------
 
 
+KID_SUBSETS = 100  # every evaluation's KID: 100 subsets ...
+KID_MAX_SUBSET = 1000  # ... of min(1000, half the smaller set) images each
+
+
+def fid_between(generated_features, reference_features) -> float:
+    """FID of two feature sets (point value; tiny negatives from round-off become 0)."""
+    g, r = FeatureStats.from_features(generated_features), FeatureStats.from_features(reference_features)
+    return max(0.0, frechet_distance(g.mean, g.cov, r.mean, r.cov))
+
+
+def distribution_distances(generated_features, reference_features, bootstrap: int = 0, seed: int = 0) -> dict:
+    """The one FID/KID every evaluation reports (so numbers of different models compare):
+    {"fid", "fid_ci" (with `bootstrap` resamples of the generated side), "kid": {"mean", "std",
+    "subset_size", "num_subsets"}}, or {"skipped": why} with fewer than 2 images on a side."""
+    g, r = np.asarray(generated_features), np.asarray(reference_features)
+    if min(len(g), len(r)) < 2:
+        return {"skipped": f"fewer than 2 images on a side ({len(g)} generated, {len(r)} reference)"}
+    out = {"fid": fid_between(g, r)}
+    if bootstrap:  # spread over the generated set, re-centred on the point value
+        _, lo, hi = fid_bootstrap_ci(g, FeatureStats.from_features(r), n=bootstrap, seed=seed)
+        out["fid_ci"] = [lo, hi]
+    subset = min(KID_MAX_SUBSET, max(2, min(len(g), len(r)) // 2))
+    mean, std = kid(g, r, num_subsets=KID_SUBSETS, max_subset_size=subset, seed=seed)
+    out["kid"] = {"mean": mean, "std": std, "subset_size": subset, "num_subsets": KID_SUBSETS}
+    return out
+
+
 class StatsChecksumError(ValueError):
     """A statistics file is corrupt, was edited, or belongs to another key."""
 

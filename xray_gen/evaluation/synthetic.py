@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from xray_gen.data.schema import CHEXPERT_LABELS, binarize
-from xray_gen.evaluation.fid import FeatureStats, frechet_distance
+from xray_gen.evaluation.fid import fid_between
 from xray_gen.evaluation.protocol import to_jsonable
 from xray_gen.files import atomic_open
 
@@ -114,11 +114,6 @@ def prevalence_plot(path: str, table: Mapping) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def _fid(a: np.ndarray, b: np.ndarray) -> float:
-    sa, sb = FeatureStats.from_features(a), FeatureStats.from_features(b)
-    return max(0.0, frechet_distance(sa.mean, sa.cov, sb.mean, sb.cov))  # tiny negatives are round-off
-
-
 def per_class_fid(features, labels, baseline: str = "No Finding", min_count: int = 2,
                   class_names: Sequence[str] = CHEXPERT_LABELS, uncertain_as: float = 1.0) -> dict:
     """{class: {"fid": FID(images positive for it, baseline class's images) or None, "count": n}}.
@@ -139,7 +134,7 @@ def per_class_fid(features, labels, baseline: str = "No Finding", min_count: int
     out = {}
     for c, cls in enumerate(class_names):
         n = int(pos[:, c].sum())
-        out[cls] = {"fid": _fid(features[pos[:, c]], features[base]) if n >= min_count else None, "count": n}
+        out[cls] = {"fid": fid_between(features[pos[:, c]], features[base]) if n >= min_count else None, "count": n}
     return out
 
 
@@ -154,7 +149,7 @@ def stratified_split_fid(features, labels, patient_ids, seed: int = 0) -> dict:
     if min(len(a), len(b)) < 2:
         raise ValueError(f"stratified halves of {len(a)} and {len(b)} images: need >= 2 each")
     patients = np.asarray(patient_ids)
-    return {"fid": _fid(a, b), "sizes": [len(a), len(b)],
+    return {"fid": fid_between(a, b), "sizes": [len(a), len(b)],
             "patients": [len(np.unique(patients[fold == 0])), len(np.unique(patients[fold == 1]))]}
 
 

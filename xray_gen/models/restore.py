@@ -30,7 +30,7 @@ def load_classifier(workdir: str, batch_size: int) -> Classifier:
     import jax.numpy as jnp
 
     from xray_gen.evaluation.features import classifier_extractor
-    from xray_gen.models.classifier import ClassifierTask
+    from xray_gen.models.classifier.task import ClassifierTask
     from xray_gen.training import loop
 
     cc = _workdir_config(workdir)
@@ -60,7 +60,7 @@ def load_vcn(workdir: str) -> VCN:
     import jax
 
     from xray_gen.evaluation.features import params_checksum, preprocess
-    from xray_gen.models.vcn import VCNTask
+    from xray_gen.models.vcn.task import VCNTask
     from xray_gen.training import loop
 
     vc = _workdir_config(workdir)

@@ -22,7 +22,7 @@ from xray_gen.data.schema import CHEXPERT_LABELS
 from xray_gen.evaluation.metrics import bootstrap_ci, multilabel_auroc
 from xray_gen.evaluation.protocol import to_jsonable
 from xray_gen.files import atomic_open
-from xray_gen.models.classifier import ClassifierTask
+from xray_gen.models.classifier.task import ClassifierTask
 from xray_gen.training import loop
 
 # What the augmentation table measures (written beside its rows).

@@ -15,18 +15,10 @@ MIN_CLASS_IMAGES = 10  # per-pathology FID needs at least this many images on ea
 PRDC_K = 5
 
 
-def _fid(generated_features, reference_features) -> float:
-    from xray_gen.evaluation import fid
-
-    gs = fid.FeatureStats.from_features(generated_features)
-    rs = fid.FeatureStats.from_features(reference_features)
-    return fid.frechet_distance(gs.mean, gs.cov, rs.mean, rs.cov)
-
-
 def fidelity(ctx: Context) -> Dict[str, Any]:
     from xray_gen.evaluation import fid, prdc
     from xray_gen.evaluation.diversity import ms_ssim_diversity
-    from xray_gen.evaluation.metrics import inception_score
+    from xray_gen.evaluation.image_fidelity import INCEPTION_POOL, inception_numbers
 
     out = {}
     for view, g, r in ctx.views_on_both_sides(out):
@@ -41,26 +33,16 @@ def fidelity(ctx: Context) -> Dict[str, Any]:
             gf, _ = ctx.classified("gen", view)
             rf, _ = ctx.classified("ref", view)
             feats = (gf, rf)
-            v["fid"] = _fid(gf, rf)
-            if ctx.bootstrap:  # spread over the generated set, re-centred on the point value
-                _, lo, hi = fid.fid_bootstrap_ci(gf, fid.FeatureStats.from_features(rf), n=ctx.bootstrap, seed=ctx.seed)
-                v["fid_ci"] = [lo, hi]
-            subset = min(1000, max(2, min(len(gf), len(rf)) // 2))
-            km, ks = fid.kid(gf, rf, num_subsets=100, max_subset_size=subset, seed=ctx.seed)
-            v["kid"] = {"mean": km, "std": ks, "subset_size": subset, "num_subsets": 100}
+            v.update(fid.distribution_distances(gf, rf, ctx.bootstrap, ctx.seed))
         if ctx.inception is None:
             v["inception_fid"] = v["inception_score"] = skipped("no --inception_weights")
         elif few:
             v["inception_fid"] = v["inception_score"] = skipped("fewer than 2 images on a side")
         else:
             gi, ri = ctx.inception(g), ctx.inception(r)
-            v["inception_fid"] = _fid(gi[:, :2048], ri[:, :2048])
-            v["inception_score"] = {
-                "generated": list(inception_score(gi[:, 2048:], splits=min(10, len(gi)), from_logits=True)),
-                "reference": list(inception_score(ri[:, 2048:], splits=min(10, len(ri)), from_logits=True)),
-                "format": "[mean, std] over splits"}
+            v.update(inception_numbers(gi, ri))
             if feats is None:
-                feats = (gi[:, :2048], ri[:, :2048])
+                feats = (gi[:, :INCEPTION_POOL], ri[:, :INCEPTION_POOL])
         if feats is None:
             v["prdc"] = skipped("no feature extractor (--classifier_workdir or --inception_weights)")
         elif min(len(feats[0]), len(feats[1])) < PRDC_K + 1:
@@ -91,7 +73,7 @@ def fidelity(ctx: Context) -> Dict[str, Any]:
 def _per_pathology_fid(ctx: Context, view: str):
     """FID and PRDC per class between the images positive for it (real: their labels, generated:
     their conditioning labels); records FID, precision and recall as HTML per-class bars."""
-    from xray_gen.evaluation import prdc
+    from xray_gen.evaluation import fid, prdc
 
     gen_rows = ctx.gen.rows(view)
     if ctx.classifier is None:
@@ -111,7 +93,7 @@ def _per_pathology_fid(ctx: Context, view: str):
             per[name] = skipped(f"{int(gsel.sum())} generated / {int(rsel.sum())} real images "
                                 f"(< {MIN_CLASS_IMAGES})")
             continue
-        per[name] = {"fid": _fid(gf[gsel], rf[rsel]),
+        per[name] = {"fid": fid.fid_between(gf[gsel], rf[rsel]),
                      "n_generated": int(gsel.sum()), "n_reference": int(rsel.sum())}
         # Point values (no bootstrap: 14 classes x resamples would dominate the evaluation's time).
         per[name]["prdc"] = {m: float(v) for m, v in prdc.prdc(rf[rsel], gf[gsel], k=PRDC_K, bootstrap=0).items()}

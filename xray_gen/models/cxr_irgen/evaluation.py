@@ -32,7 +32,7 @@ from sklearn.metrics import roc_auc_score
 from xray_gen.data import augment as aug
 from xray_gen.data.pipeline import ToModelInputs, open_split
 from xray_gen.data.schema import CHEXPERT_LABELS, binarize, empty_labels
-from xray_gen.evaluation import fid
+from xray_gen.evaluation.image_fidelity import inception_protocol, load_inception, view_fidelity
 from xray_gen.evaluation.metrics import multilabel_auroc, psnr, ssim
 from xray_gen.evaluation.text_metrics import label_agreement, nlg_metrics
 from xray_gen.models.cxr_irgen.conditioning import label_prompt
@@ -123,13 +123,12 @@ def final_report(task, state, workdir: str, checkpoint_step: int | None = None) 
                "sampler": {"sampler": c.sample.sampler, "steps": int(c.sample.num_steps),
                            "guidance_scale": c.sample.guidance_scale},
                "feature_extractor": "xray_gen classifier (DenseNet) penultimate features"}
-    if n >= 2:
-        g, r = fid.FeatureStats.from_features(gen_feats), fid.FeatureStats.from_features(real_feats)
-        metrics["fid"] = fid.frechet_distance(g.mean, g.cov, r.mean, r.cov)
-        if c.eval.get("bootstrap", 0) > 0:
-            _, lo, hi = fid.fid_bootstrap_ci(gen_feats, r, n=c.eval.bootstrap, seed=c.seed)
-            metrics["fid_ci"] = [lo, hi]
-        metrics["kid"] = list(fid.kid(gen_feats, real_feats, num_subsets=20, max_subset_size=max(2, n // 2)))
+    inception = load_inception(c.eval.get("inception_weights", ""))
+    metrics["fidelity"] = {"frontal": view_fidelity(gen_feats, real_feats, bootstrap=c.eval.get("bootstrap", 0),
+                                                    seed=c.seed, inception=inception, generated_images=gen["images"],
+                                                    reference_images=real)}
+    if inception is not None:
+        metrics["inception"] = inception_protocol(inception)
     metrics["psnr"] = float(np.mean(psnr(gen["images"], real)))
     metrics["ssim"] = float(np.mean(ssim(gen["images"], real)))
 

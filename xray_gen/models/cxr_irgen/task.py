@@ -139,7 +139,7 @@ class CxrIRGenTask(loop.Task):
         return stages.stage_dir(self.prepared, stage)
 
     def classifier(self):
-        from xray_gen.models.classifier import PreparedClassifier
+        from xray_gen.models.classifier.prepared import PreparedClassifier
 
         x = self.config.cxr_irgen
         return PreparedClassifier(self.config.data, x.classifier_variant, x.classifier_steps,

@@ -32,7 +32,7 @@ from absl import logging
 
 from xray_gen.data import augment as aug
 from xray_gen.data.schema import CHEXPERT_LABELS, binarize
-from xray_gen.evaluation import fid
+from xray_gen.evaluation.image_fidelity import inception_protocol, load_inception, view_fidelity
 from xray_gen.evaluation.metrics import multilabel_auroc
 from xray_gen.evaluation.text_metrics import label_agreement, nlg_metrics
 from xray_gen.files import atomic_open
@@ -174,14 +174,12 @@ def final_report(task, state, workdir: str, checkpoint_step: int | None = None) 
     metrics = {"split": c.eval.split, "num_real": n_real, "num_generated": n_gen, "resolution": c.data.resolution,
                "label_fraction": float(c.emixer.label_fraction),
                "feature_extractor": "xray_gen classifier (DenseNet) penultimate features"}
-    ref = fid.FeatureStats.from_features(real["features"])
-    g = fid.FeatureStats.from_features(gen["features"])
-    metrics["fid"] = fid.frechet_distance(g.mean, g.cov, ref.mean, ref.cov)
-    if c.eval.get("bootstrap", 0) > 0:
-        _, lo, hi = fid.fid_bootstrap_ci(gen["features"], ref, n=c.eval.bootstrap, seed=c.seed)
-        metrics["fid_ci"] = [lo, hi]
-    metrics["kid"] = list(fid.kid(gen["features"], real["features"], num_subsets=20,
-                                  max_subset_size=max(2, min(n_gen, n_real) // 2), seed=c.seed))
+    inception = load_inception(c.eval.get("inception_weights", ""))
+    metrics["fidelity"] = {"frontal": view_fidelity(
+        gen["features"], real["features"], bootstrap=c.eval.get("bootstrap", 0), seed=c.seed, inception=inception,
+        generated_images=gen["images"], reference_images=real["images"])}
+    if inception is not None:
+        metrics["inception"] = inception_protocol(inception)
 
     metrics["report_f_on_real"] = {**nlg_metrics(f_on_real, real_reports),
                                    "clinical": _f1(label_agreement(f_on_real, real_reports)),
@@ -254,7 +252,7 @@ def _write_html(path, result, c, gen, gen_reports, real, rows, real_reports, per
 # ---- limited-label comparison (paper Table 3) -------------------------------------------------
 
 COLUMNS = (  # (path in the metrics, header, format)
-    ("fid", "FID ↓", "{:.2f}"),
+    ("fidelity.frontal.fid", "FID ↓", "{:.2f}"),
     ("label_agreement.classifier_auroc_generated", "Image AUROC ↑", "{:.3f}"),
     ("label_agreement.labeler_f1_generated.micro_f1", "Report F1 ↑", "{:.3f}"),
     ("label_agreement.image_report_f1.micro_f1", "Image-report F1 ↑", "{:.3f}"),

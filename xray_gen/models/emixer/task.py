@@ -135,7 +135,7 @@ class EmixerTask(loop.Task):
 
     # ---- prepared classifier (FID features, clinical agreement, F's image encoder) ------------
     def classifier(self):
-        from xray_gen.models.classifier import PreparedClassifier
+        from xray_gen.models.classifier.prepared import PreparedClassifier
 
         e = self.config.emixer
         root = e.get("prepared_dir") or self.workdir or ""

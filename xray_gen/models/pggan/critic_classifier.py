@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from xray_gen.data.schema import NUM_LABELS
-from xray_gen.models.classifier import ClassifierTask
+from xray_gen.models.classifier.task import ClassifierTask
 from xray_gen.models.pggan.networks import Discriminator
 
 

@@ -22,7 +22,8 @@ from absl import logging
 
 from xray_gen.data import augment as aug
 from xray_gen.data.schema import CHEXPERT_LABELS
-from xray_gen.evaluation import fid, synthetic
+from xray_gen.evaluation import synthetic
+from xray_gen.evaluation.image_fidelity import inception_protocol, load_inception, view_fidelity
 from xray_gen.evaluation.metrics import multilabel_auroc
 from xray_gen.models import utility
 from xray_gen.training.inference import predict
@@ -89,14 +90,12 @@ def final_report(task, state, workdir: str, checkpoint_step: int | None = None) 
     metrics = {"split": c.eval.split, "num_real": n_real, "num_generated": n_gen, "resolution": c.data.resolution,
                "feature_extractor": "xray_gen classifier (DenseNet) penultimate features"}
 
-    ref = fid.FeatureStats.from_features(real["features"])
-    g = fid.FeatureStats.from_features(gen_features)
-    metrics["fid_generated"] = fid.frechet_distance(g.mean, g.cov, ref.mean, ref.cov)
-    if c.eval.get("bootstrap", 0) > 0:
-        _, lo, hi = fid.fid_bootstrap_ci(gen_features, ref, n=c.eval.bootstrap, seed=c.seed)
-        metrics["fid_generated_ci"] = [lo, hi]
-    metrics["kid_generated"] = list(fid.kid(gen_features, real["features"], num_subsets=20,
-                                            max_subset_size=max(2, min(n_gen, n_real) // 2)))
+    inception = load_inception(c.eval.get("inception_weights", ""))
+    metrics["fidelity"] = {"frontal": view_fidelity(
+        gen_features, real["features"], bootstrap=c.eval.get("bootstrap", 0), seed=c.seed, inception=inception,
+        generated_images=images, reference_images=real["images"])}
+    if inception is not None:
+        metrics["inception"] = inception_protocol(inception)
     try:
         stratified = synthetic.stratified_split_fid(real["features"], real_labels, real["patient"], seed=c.seed)
         metrics["fid_stratified_real_halves"] = stratified["fid"]
@@ -109,7 +108,7 @@ def final_report(task, state, workdir: str, checkpoint_step: int | None = None) 
         per_class = {}
         logging.warning("per-class FID skipped: %s", e)
     tables = {"Table 1: FID per split (real classes vs No Finding; generated vs real)": synthetic.fid_table(
-        per_class, stratified, extra={"Synthetic": metrics["fid_generated"]})}
+        per_class, stratified, extra={"Synthetic": metrics["fidelity"]["frontal"].get("fid")})}
 
     prevalence = synthetic.prevalence_table(real_labels, gen_labels, seed=c.seed, uncertain_as=c.data.uncertain_as)
     tables["Label prevalence: real vs uncurated generated"] = prevalence

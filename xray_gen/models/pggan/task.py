@@ -122,7 +122,7 @@ class PGGANTask(loop.Task):
 
     # ---- prepared classifier -----------------------------------------------------------------
     def classifier(self):
-        from xray_gen.models.classifier import PreparedClassifier
+        from xray_gen.models.classifier.prepared import PreparedClassifier
 
         p = self.config.pggan
         root = p.get("prepared_dir") or self.workdir

@@ -1,4 +1,4 @@
-"""Reports in, frontal/lateral PNGs out: reading user reports robustly and writing samples.
+"""XRayGAN's `--mode=sample`: reports in, frontal/lateral PNGs out.
 
 Reports come from `--report="FINDINGS: ... IMPRESSION: ..."` or `--report_file` (plain text = one
 report; `.jsonl` with "report" or "findings"/"impression" per line; `.csv` with the same columns;
@@ -14,10 +14,18 @@ import json
 import os
 import re
 
+import jax
 import numpy as np
+from absl import logging
 
+from xray_gen.data import augment as aug
+from xray_gen.data.pipeline import open_split
 from xray_gen.data.reports import extract_sections, split_sentences
-from xray_gen.images import write_png
+from xray_gen.data.schema import Study
+from xray_gen.files import atomic_open
+from xray_gen.images import write_grid, write_png
+from xray_gen.models.xraygan import steps
+from xray_gen.models.xraygan.steps import VIEWS
 
 
 def _item(raw: dict, default_id: str) -> dict:
@@ -92,3 +100,62 @@ def write_pair(directory: str, frontal: np.ndarray, lateral: np.ndarray, suffix:
     os.makedirs(directory, exist_ok=True)
     for name, image in (("frontal", frontal), ("lateral", lateral)):
         write_png(os.path.join(directory, f"{name}{suffix}.png"), image)
+
+
+def sample(task, state, workdir: str, report: str | None = None, report_file: str | None = None) -> dict:
+    """Frontal + lateral PNGs per report into workdir/samples, a grid of this call's reports, and
+    summary.json (entries of earlier calls kept, this call's replacing those with the same id).
+
+    Without --report/--report_file, the first `sample.num_reports` test-split reports are used
+    and their real images are shown beside the generated ones.
+    """
+    c, x = task.config, task.config.xraygan
+    real_pairs = {}
+    if report is None and report_file is None:
+        source = open_split(c.data, "test")
+        items = []
+        for i in range(min(len(source), c.sample.num_reports)):
+            study = Study.from_example(source[i])
+            items.append({"id": f"test_{i}", "findings": study.findings, "impression": study.impression})
+            real_pairs[items[-1]["id"]] = [aug.to_float(np.asarray(getattr(study, v))) for v in VIEWS]
+    else:
+        items = load_reports(report, report_file)
+    last = x.num_stages - 1
+    generate = jax.jit(lambda g_params, batch, rng: steps.generate_stages(task.nets, x, g_params, batch, rng, last))
+    out_dir = os.path.join(workdir, "samples")
+    summary, rows = {}, []
+    n_draws = c.sample.num_samples if x.noise_dim > 0 else 1
+    for item in items:
+        inputs, notes = encode_report(task.tokenizer, item, x.max_sentences, x.max_words)
+        entry = summary[item["id"]] = {"findings": item["findings"], "impression": item["impression"], "notes": notes}
+        if inputs is None:
+            logging.warning("report %s skipped: %s", item["id"], "; ".join(notes))
+            continue
+        for n in range(n_draws):
+            images = jax.device_get(generate(state.g_params, inputs, jax.random.PRNGKey(c.sample.seed + n)))
+            suffix = f"_seed{n}" if n_draws > 1 else ""
+            write_pair(os.path.join(out_dir, item["id"]), images["frontal"][-1][0], images["lateral"][-1][0], suffix)
+            if c.sample.all_stages:
+                for s in range(len(images["frontal"]) - 1):
+                    write_pair(os.path.join(out_dir, item["id"]), images["frontal"][s][0],
+                                        images["lateral"][s][0], f"{suffix}_stage{s}")
+            rows.append([images["frontal"][-1][0], images["lateral"][-1][0]] + real_pairs.get(item["id"], []))
+        entry["files"] = sorted(os.listdir(os.path.join(out_dir, item["id"])))
+        for note in notes:
+            logging.info("report %s: %s", item["id"], note)
+    os.makedirs(out_dir, exist_ok=True)
+    if rows:
+        write_grid(os.path.join(out_dir, "grid.png"), rows)
+    summary_path = os.path.join(out_dir, "summary.json")
+    previous = {}
+    if os.path.exists(summary_path):  # earlier sampling calls into this workdir keep their entries
+        try:
+            with open(summary_path) as f:
+                previous = json.load(f)
+        except (OSError, ValueError):
+            logging.warning("%s was unreadable: rewritten with this call's reports only", summary_path)
+        previous = previous if isinstance(previous, dict) else {}
+    with atomic_open(summary_path) as f:
+        json.dump({**previous, **summary}, f, indent=2)
+    logging.info("wrote samples of %d of %d reports to %s", len(rows) // n_draws, len(items), out_dir)
+    return summary
