@@ -18,7 +18,7 @@ from PIL import Image
 from xray_gen import main, runner
 from xray_gen.configs import cxr_irgen as configs
 from xray_gen.data.pipeline import PhantomSource
-from xray_gen.models.cxr_irgen import stages
+from xray_gen.models.cxr_irgen import networks, stages
 from xray_gen.models.cxr_irgen.conditioning import label_prompt
 from xray_gen.models.cxr_irgen.inputs import CxrInputs, IndexedSource, label_groups, training_labels
 
@@ -67,7 +67,7 @@ def test_denoiser_latents_are_centred_and_decode_back(run):
     ae = task.frozen()["autoencoder"]
     z = task.encode_latents(ae, images, jax.random.PRNGKey(0), state)
     channel_means = np.asarray(z.mean(axis=(0, 1, 2)))
-    raw_means = np.asarray(stages.denormalize_latents(z, state.latent_scale, state.latent_shift).mean(axis=(0, 1, 2)))
+    raw_means = np.asarray(networks.denormalize_latents(z, state.latent_scale, state.latent_shift).mean(axis=(0, 1, 2)))
     assert np.abs(channel_means).max() < 0.5, (channel_means, raw_means)
     assert float(np.sqrt(np.mean(np.square(z.mean(axis=0))))) < 0.75  # centred at every position, not only per channel
     mode = task.encode_latents(ae, images, None, state)
@@ -306,7 +306,7 @@ def _pretrained_clip(folder, text_width=24):
     vision = clip_nn.vision_config("tiny", image_size=16, patch_size=8, num_channels=3, width=40, layers=1, heads=2,
                                    mlp_dim=48, projection_dim=text_width)
     model = clip_nn.CLIP(text=text, vision=vision)
-    params = model.init(jax.random.PRNGKey(3), **stages.clip_init_inputs(model))["params"]
+    params = model.init(jax.random.PRNGKey(3), **networks.clip_init_inputs(model))["params"]
     clip_weights.save_transformers_clip(folder, params, model)
     return str(folder), params, CLIPTokenizer(folder, max_length=40)
 
@@ -402,17 +402,17 @@ def test_pretrained_text_encoder_beside_tokenizer_and_errors(run, tmp_path):
         os.remove(tmp_path / "clip" / name)
     config.cxr_irgen.clip.pretrained = folder
     with pytest.raises(FileNotFoundError, match=f"cxr_irgen.clip.pretrained={folder}: .*vocab.json \\+ merges.txt"):
-        stages.prompt_tokenizer(config, None, 40)
+        networks.prompt_tokenizer(config, None, 40)
     os.remove(tmp_path / "clip" / "config.json")
     with pytest.raises(FileNotFoundError, match="cxr_irgen.clip.pretrained=.*model.safetensors: no config.json"):
-        stages.clip_model(config, 0)
+        networks.clip_model(config, 0)
     os.remove(tmp_path / "clip" / "model.safetensors")
     (tmp_path / "clip" / "pytorch_model.bin").write_bytes(b"never unpickled")
     with pytest.raises(FileNotFoundError, match="cxr_irgen.clip.pretrained=.*only safetensors are read"):
-        stages.clip_model(config, 0)
+        networks.clip_model(config, 0)
     config.cxr_irgen.clip.pretrained = str(tmp_path / "clip" / "pytorch_model.bin")
     with pytest.raises(ValueError, match="pytorch_model.bin: not a .safetensors file; pickled"):
-        stages.clip_model(config, 0)
+        networks.clip_model(config, 0)
 
 
 def test_pretrained_clip_sees_resized_rgb_clip_normalised_references(tmp_path):
@@ -421,11 +421,11 @@ def test_pretrained_clip_sees_resized_rgb_clip_normalised_references(tmp_path):
     folder, _, _ = _pretrained_clip(tmp_path / "clip")
     config = configs.get_config("smoke")
     grey = np.full((2, 32, 32, 1), 255, np.uint8)
-    net = stages.clip_model(config, 120)
-    np.testing.assert_array_equal(stages.clip_images(config, net, grey), np.ones((2, 32, 32, 1)))  # trained here
+    net = networks.clip_model(config, 120)
+    np.testing.assert_array_equal(networks.clip_images(config, net, grey), np.ones((2, 32, 32, 1)))  # trained here
     config.cxr_irgen.clip.pretrained = folder
-    net = stages.clip_model(config, 120)
-    pixels = np.asarray(stages.clip_images(config, net, grey))
+    net = networks.clip_model(config, 120)
+    pixels = np.asarray(networks.clip_images(config, net, grey))
     assert pixels.shape == (2, 16, 16, 3)
     np.testing.assert_allclose(pixels[0, 5, 7], (1 - np.asarray(clip_nn.CLIP_MEAN)) / np.asarray(clip_nn.CLIP_STD),
                                rtol=1e-5)
@@ -542,25 +542,25 @@ def test_pretrained_bart_errors_name_the_field_and_the_file(tmp_path):
     config.cxr_irgen.language.pretrained = folder
     with pytest.raises(ValueError, match=f"cxr_irgen.report_len=48 exceeds max_position_embeddings=32 of "
                                          f"cxr_irgen.language.pretrained={folder}"):
-        stages.report_model(config, 0)
+        networks.report_model(config, 0)
     config.cxr_irgen.report_len = 32
-    assert stages.report_model(config, 0).config.max_position_embeddings == 32
-    assert isinstance(stages.report_tokenizer(config, None), BartTokenizer)
+    assert networks.report_model(config, 0).config.max_position_embeddings == 32
+    assert isinstance(networks.report_tokenizer(config, None), BartTokenizer)
     cfg = json.loads((tmp_path / "bart" / "config.json").read_text())
     (tmp_path / "bart" / "config.json").write_text(json.dumps({**cfg, "pad_token_id": 3}))
     with pytest.raises(ValueError, match="language.pretrained=.*tokenizer .*vocab.json: pad/bos/eos ids \\(1, 0, 2\\)"):
-        stages.report_tokenizer(config, None)
+        networks.report_tokenizer(config, None)
     (tmp_path / "bart" / "config.json").write_text(json.dumps(cfg))
     os.remove(tmp_path / "bart" / "merges.txt")
     with pytest.raises(FileNotFoundError, match=f"cxr_irgen.language.pretrained={folder}: .*vocab.json \\+ merges.txt"):
-        stages.report_tokenizer(config, None)
+        networks.report_tokenizer(config, None)
     os.remove(tmp_path / "bart" / "config.json")
     with pytest.raises(FileNotFoundError, match="cxr_irgen.language.pretrained=.*no config.json beside model.safetensors"):
-        stages.report_model(config, 0)
+        networks.report_model(config, 0)
     os.remove(tmp_path / "bart" / "model.safetensors")
     (tmp_path / "bart" / "pytorch_model.bin").write_bytes(b"never unpickled")
     with pytest.raises(FileNotFoundError, match="cxr_irgen.language.pretrained=.*no model.safetensors.*only safetensors"):
-        stages.report_model(config, 0)
+        networks.report_model(config, 0)
     config.cxr_irgen.language.pretrained = str(tmp_path / "bart" / "pytorch_model.bin")
     with pytest.raises(ValueError, match="pytorch_model.bin: not a .safetensors file; pickled"):
-        stages.report_model(config, 0)
+        networks.report_model(config, 0)

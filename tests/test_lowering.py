@@ -66,10 +66,12 @@ def test_prior_stage_step_takes_its_frozen_networks_as_arguments(tmp_path):
 
     sizes = []
     for i, factor in enumerate((1, 4)):
-        task, config = lowering.make_task("cxr_irgen", "smoke", str(tmp_path / str(i)))
-        a = config.cxr_irgen.autoencoder
-        a.block_out_channels = tuple(factor * w for w in a.block_out_channels)
-        prior = stages.PriorTask(config, task.tokenizer)
+        def wider(config, factor=factor):
+            a = config.cxr_irgen.autoencoder
+            a.block_out_channels = tuple(factor * w for w in a.block_out_channels)
+
+        task, _ = lowering.make_task("cxr_irgen", "smoke", str(tmp_path / str(i)), configure=wider)
+        prior = stages.stage_task(task.prepared, "prior")
         key = jax.random.PRNGKey(0)
         frozen = jax.eval_shape(lambda k: prior.random_frozen(0, k), key)
         batch = lowering.structs(next(iter(prior.train_loader())))

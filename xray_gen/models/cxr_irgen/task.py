@@ -28,7 +28,7 @@ from absl import logging
 
 from xray_gen.data import augment as aug
 from xray_gen.data.pipeline import make_loader, open_split, workdir_tokenizer
-from xray_gen.models.cxr_irgen import diffusion, stages, weights
+from xray_gen.models.cxr_irgen import diffusion, networks, stages, weights
 from xray_gen.models.cxr_irgen.conditioning import ReferenceIndex
 from xray_gen.models.cxr_irgen.inputs import CxrInputs, IndexedSource, ReferenceImages, training_labels
 from xray_gen.nn.autoencoder_kl import AutoencoderKL
@@ -62,26 +62,26 @@ class CxrIRGenTask(loop.Task):
         self.prepared = stages.with_root(config, stages.prepared_root(config, workdir))  # stage helpers read it
         self.tokenizer = workdir_tokenizer(self.prepared_root(), config.data, x.vocab_size)
         vocab = self.tokenizer.vocab_size
-        self.vae = AutoencoderKL(stages.vae_config(config))
-        self.clip = stages.clip_model(config, vocab)
+        self.vae = AutoencoderKL(networks.vae_config(config))
+        self.clip = networks.clip_model(config, vocab)
         if self.clip.text is None or (x.reference_image and self.clip.vision is None):
             missing = "text" if self.clip.text is None else "vision"
-            raise ValueError(f"cxr_irgen.clip.pretrained={stages.pretrained_clip(config)} has no {missing} tower; the "
+            raise ValueError(f"cxr_irgen.clip.pretrained={networks.pretrained_clip(config)} has no {missing} tower; the "
                              "prompt needs a text one and the reference image a vision one: use a full CLIPModel "
                              "folder (e.g. openai/clip-vit-large-patch14) or --config.cxr_irgen.reference_image=False")
         # The label prompt's ids: CLIP's own BPE for a pretrained CLIP, at its text length (77).
         self.prompt_len = self.clip.text.max_length
-        self.prompt_tokenizer = stages.prompt_tokenizer(config, self.tokenizer, self.prompt_len)
+        self.prompt_tokenizer = networks.prompt_tokenizer(config, self.tokenizer, self.prompt_len)
         # The reports' ids: a pretrained BART's own BPE (`language.pretrained`), else the report tokenizer.
-        self.report_tokenizer = stages.report_tokenizer(config, self.tokenizer)
-        self.text_model = stages.report_model(config, vocab)
-        self.prior = stages.prior_model(config, vocab)
-        side, ch = stages.latent_side(config), stages.vae_config(config).latent_channels
+        self.report_tokenizer = networks.report_tokenizer(config, self.tokenizer)
+        self.text_model = networks.report_model(config, vocab)
+        self.prior = networks.prior_model(config, vocab)
+        side, ch = networks.latent_side(config), networks.vae_config(config).latent_channels
         self.latent_shape = (side, side, ch)
         width = self.clip.text.width  # the text token states' (the U-Net's context)
         emb = self.clip.text.projection_dim or width  # the pooled text embedding's (the U-ViT's context)
         image_dim = (self.clip.vision.projection_dim or self.clip.vision.width) if x.reference_image else None
-        clip_source = (f"cxr_irgen.clip.pretrained={stages.pretrained_clip(config)}" if stages.pretrained_clip(config)
+        clip_source = (f"cxr_irgen.clip.pretrained={networks.pretrained_clip(config)}" if networks.pretrained_clip(config)
                        else "cxr_irgen.clip")
         if x.compute_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"cxr_irgen.compute_dtype={x.compute_dtype!r} is not one of ('float32', 'bfloat16')")
@@ -198,7 +198,7 @@ class CxrIRGenTask(loop.Task):
         tokens, pooled = self.clip.apply({"params": clip_params}, prompt_ids, prompt_mask, method=self.clip.encode_text)
         image = None
         if self.config.cxr_irgen.reference_image:
-            pixels = stages.clip_images(self.config, self.clip, reference)
+            pixels = networks.clip_images(self.config, self.clip, reference)
             _, image = self.clip.apply({"params": clip_params}, pixels, method=self.clip.encode_image)
             image = image * reference_flag[:, None].astype(image.dtype)  # no reference: zero embedding
         if self.config.cxr_irgen.backbone == "unet":
@@ -248,19 +248,19 @@ class CxrIRGenTask(loop.Task):
         return state.replace(params=jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), params, state.params))
 
     def _clip_shapes(self):
-        inputs = stages.clip_init_inputs(self.clip)
+        inputs = networks.clip_init_inputs(self.clip)
         return jax.eval_shape(lambda: self.clip.init(jax.random.PRNGKey(0), **inputs)["params"])
 
     def encode_latents(self, ae_params, images_uint8, rng, state):
         """uint8 images -> the denoiser's latents (a posterior sample, or its mode when rng is None)."""
-        posterior = stages.vae_encode(self.vae, ae_params, aug.to_float(images_uint8))
+        posterior = networks.vae_encode(self.vae, ae_params, aug.to_float(images_uint8))
         z = posterior.mode() if rng is None else posterior.sample(rng)
-        return stages.normalize_latents(z, state.latent_scale, state.latent_shift)
+        return networks.normalize_latents(z, state.latent_scale, state.latent_shift)
 
     def decode_latents(self, ae_params, z, state):
         """The denoiser's latents -> images in [-1, 1]."""
-        z = stages.denormalize_latents(z, state.latent_scale, state.latent_shift)
-        return jnp.clip(stages.vae_decode(self.vae, ae_params, z), -1, 1)
+        z = networks.denormalize_latents(z, state.latent_scale, state.latent_shift)
+        return jnp.clip(networks.vae_decode(self.vae, ae_params, z), -1, 1)
 
     def train_step(self, state, frozen, batch):
         """One AdamW step on the denoising loss; train.grad_accum_steps microbatches are averaged first."""
