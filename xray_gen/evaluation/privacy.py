@@ -32,21 +32,11 @@ from xray_gen.evaluation.report_privacy import (PLACEHOLDER_PATTERNS, normalise_
                                                 word_ngrams)
 
 __all__ = [
-    "feature_nearest_neighbours",
-    "pixel_nearest_neighbours",
-    "preprocess_pixels",
-    "calibrate_threshold",
-    "near_copy_rate",
-    "near_copy_summary",
-    "closest_pairs",
-    "gather_rows",
+    # images: image_privacy and the modules it assembles
+    "image_privacy", "feature_nearest_neighbours", "pixel_nearest_neighbours", "preprocess_pixels",
+    "gather_rows", "calibrate_threshold", "near_copy_rate", "near_copy_summary", "closest_pairs",
     "reidentification_score",
-    "image_privacy",
-    "normalise_report",
-    "normalise_sentence",
-    "normalised_sentences",
-    "word_ngrams",
-    "placeholder_counts",
-    "PLACEHOLDER_PATTERNS",
-    "report_privacy",
+    # reports: report_privacy
+    "report_privacy", "normalise_report", "normalise_sentence", "normalised_sentences", "word_ngrams",
+    "placeholder_counts", "PLACEHOLDER_PATTERNS",
 ]
