@@ -12,6 +12,7 @@ from xray_gen.configs import classifier as classifier_config
 from xray_gen.data.pipeline import PhantomSource
 from xray_gen.data.schema import CHEXPERT_LABELS, LABEL_INDEX, binarize
 from xray_gen.evaluation import synthetic
+from xray_gen.evaluation.fid import fid_between
 from xray_gen.models import utility
 
 from test_archive_source import write_archive  # tests/ is on sys.path
@@ -107,7 +108,7 @@ def test_stratified_split_fid_is_near_zero_for_iid_features():
     out = synthetic.stratified_split_fid(features, labels, patients, seed=0)
     assert sum(out["sizes"]) == len(patients) and sum(out["patients"]) == n_patients
     assert abs(out["sizes"][0] - out["sizes"][1]) <= 0.05 * len(patients)
-    shifted = synthetic._fid(features[: len(features) // 2], features[len(features) // 2:] + 0.5)
+    shifted = fid_between(features[: len(features) // 2], features[len(features) // 2:] + 0.5)
     assert out["fid"] < 0.1 * shifted
     table = synthetic.fid_table(synthetic.per_class_fid(features, np.where(labels > 0, 1.0, 0.0)), out,
                                 extra={"Synthetic": 1.5})
