@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
+
+from absl import logging
 
 
 @contextlib.contextmanager
@@ -28,3 +31,18 @@ def atomic_open(path: str, mode: str = "w", suffix: str = ".tmp"):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def merge_json_summary(path: str, summary: dict) -> None:
+    """Writes `summary` into the JSON object at `path`, keeping earlier calls' entries (this call's
+    replace those with the same keys); an unreadable file is rewritten with this call's only."""
+    previous = {}
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                previous = json.load(f)
+        except (OSError, ValueError):
+            logging.warning("%s was unreadable: rewritten with this call's entries only", path)
+        previous = previous if isinstance(previous, dict) else {}
+    with atomic_open(path) as f:
+        json.dump({**previous, **summary}, f, indent=2)

@@ -14,7 +14,6 @@ calls kept; this call's replace those with the same ids).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 
@@ -25,7 +24,7 @@ from absl import logging
 from PIL import Image
 
 from xray_gen.data.schema import CHEXPERT_LABELS
-from xray_gen.files import atomic_open
+from xray_gen.files import atomic_open, merge_json_summary
 from xray_gen.images import write_grid, write_png
 from xray_gen.models.cxr_irgen import diffusion, language
 from xray_gen.models.cxr_irgen.conditioning import label_prompt
@@ -217,16 +216,6 @@ def sample(task, state, workdir: str, labels=None, labels_file=None, image=None)
     os.makedirs(out_dir, exist_ok=True)
     if rows:
         write_grid(os.path.join(out_dir, "grid.png"), rows)
-    path = os.path.join(out_dir, "summary.json")
-    previous = {}
-    if os.path.exists(path):
-        try:
-            with open(path) as f:
-                previous = json.load(f)
-        except (OSError, ValueError):
-            logging.warning("%s was unreadable: rewritten with this call's samples only", path)
-        previous = previous if isinstance(previous, dict) else {}
-    with atomic_open(path, "w") as f:
-        json.dump({**previous, **summary}, f, indent=2)
+    merge_json_summary(os.path.join(out_dir, "summary.json"), summary)  # earlier calls' entries kept
     logging.info("wrote %d CXR-IRGen samples to %s", len(summary), out_dir)
     return summary

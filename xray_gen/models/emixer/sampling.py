@@ -15,7 +15,6 @@ labeler's labels of it and the evaluation classifier's probabilities for the ima
 
 from __future__ import annotations
 
-import json
 import os
 import re
 
@@ -25,7 +24,7 @@ import numpy as np
 from absl import logging
 
 from xray_gen.data.schema import CHEXPERT_LABELS, binarize
-from xray_gen.files import atomic_open
+from xray_gen.files import atomic_open, merge_json_summary
 from xray_gen.images import write_grid, write_png
 
 EMPTY_NOTE = "F stopped before its first sentence: the report is empty"
@@ -176,20 +175,6 @@ def sample(task, state, workdir: str, labels: str | None = None, labels_file: st
         rows = [list(out["images"][i:i + 8]) for i in range(0, len(ids), 8)]
     os.makedirs(out_dir, exist_ok=True)
     write_grid(os.path.join(out_dir, "grid.png"), rows)
-    _write_summary(os.path.join(out_dir, "summary.json"), summary)
+    merge_json_summary(os.path.join(out_dir, "summary.json"), summary)
     logging.info("wrote %d EMIXER samples to %s", len(ids), out_dir)
     return summary
-
-
-def _write_summary(path: str, summary: dict) -> None:
-    """summary.json with the entries of earlier calls kept (this call's replace those with its ids)."""
-    previous = {}
-    if os.path.exists(path):
-        try:
-            with open(path) as f:
-                previous = json.load(f)
-        except (OSError, ValueError):
-            logging.warning("%s was unreadable: rewritten with this call's samples only", path)
-        previous = previous if isinstance(previous, dict) else {}
-    with atomic_open(path, "w") as f:
-        json.dump({**previous, **summary}, f, indent=2)

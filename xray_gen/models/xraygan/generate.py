@@ -22,7 +22,7 @@ from xray_gen.data import augment as aug
 from xray_gen.data.pipeline import open_split
 from xray_gen.data.reports import extract_sections, split_sentences
 from xray_gen.data.schema import Study
-from xray_gen.files import atomic_open
+from xray_gen.files import merge_json_summary
 from xray_gen.images import write_grid, write_png
 from xray_gen.models.xraygan import steps
 from xray_gen.models.xraygan.steps import VIEWS
@@ -146,16 +146,6 @@ def sample(task, state, workdir: str, report: str | None = None, report_file: st
     os.makedirs(out_dir, exist_ok=True)
     if rows:
         write_grid(os.path.join(out_dir, "grid.png"), rows)
-    summary_path = os.path.join(out_dir, "summary.json")
-    previous = {}
-    if os.path.exists(summary_path):  # earlier sampling calls into this workdir keep their entries
-        try:
-            with open(summary_path) as f:
-                previous = json.load(f)
-        except (OSError, ValueError):
-            logging.warning("%s was unreadable: rewritten with this call's reports only", summary_path)
-        previous = previous if isinstance(previous, dict) else {}
-    with atomic_open(summary_path) as f:
-        json.dump({**previous, **summary}, f, indent=2)
+    merge_json_summary(os.path.join(out_dir, "summary.json"), summary)  # earlier calls' entries kept
     logging.info("wrote samples of %d of %d reports to %s", len(rows) // n_draws, len(items), out_dir)
     return summary
