@@ -109,7 +109,7 @@ def entries(model: str, task, config) -> list[tuple[str, object, tuple, object]]
         z = jax.ShapeDtypeStruct((64, config.pggan.latent_dim), np.float32)  # sample_images' batch
         out.append(("sample", lambda g, z: task.generate(g, z), (state.g_ema, z), {}))
     elif model.startswith("cxr_irgen"):
-        from xray_gen.models.cxr_irgen import sampling
+        from xray_gen.models.cxr_irgen import generate
 
         frozen = jax.eval_shape(lambda k: task.random_frozen(0, k), key)
         n, r = int(config.sample.batch_size), config.data.resolution
@@ -117,7 +117,7 @@ def entries(model: str, task, config) -> list[tuple[str, object, tuple, object]]
                 if k in ("prompt_ids", "prompt_mask", "reference_flag")}
         rows["reference"] = jax.ShapeDtypeStruct((n, r, r, 1), np.uint8)
         rows["seed"] = jax.ShapeDtypeStruct((n,), np.uint32)
-        out.append(("sample", sampling.pair_fn(task), (state, frozen, rows), frozen))
+        out.append(("sample", generate.pair_fn(task), (state, frozen, rows), frozen))
     return out
 
 

@@ -103,15 +103,18 @@ def test_evaluation_json_has_the_paper_tables(run):
     with open(os.path.join(wd, "eval", "cxr_irgen_test.json")) as f:
         record = json.load(f)
     assert record["metrics"]["num_conditioning_studies"] == run["config"].eval.num_examples
-    fidelity = m["fidelity"]["frontal"]
-    assert {"fid", "kid", "n_generated", "n_reference"} <= set(fidelity) and "psnr" in m and "ssim" in m
-    assert np.isfinite(fidelity["fid"]) and 0.0 < m["psnr"] < 100.0 and -1.0 <= m["ssim"] <= 1.0
+    fidelity, matched = m["fidelity"]["frontal"], m["matched"]["frontal"]
+    assert {"fid", "kid", "n_generated", "n_reference"} <= set(fidelity)
+    assert np.isfinite(fidelity["fid"]) and 0.0 < matched["psnr"] < 100.0 and -1.0 <= matched["ssim"] <= 1.0
+    assert matched["n"] == run["config"].eval.num_examples  # every generated image beside its study's
     table = m["pathology_auroc"]["generated"]
     assert set(configs.PAPER_PATHOLOGIES) <= set(table)
     assert all(v is None or 0.0 <= v <= 1.0 for v in table.values())
-    for section in ("reports_from_real_images", "reports_from_generated_images"):
-        assert {"bleu_1", "bleu_4", "rouge_l", "labeler"} <= set(m[section])
-    assert "micro_f1" in m["image_report_agreement"]
+    assert {"bleu_1", "bleu_4", "rouge_l", "labeler"} <= set(m["reports_from_real_images"])
+    assert {"bleu_1", "bleu_4", "rouge_l", "clinical"} <= set(m["reports"]["vs_reference"])
+    assert m["reports"]["n_matched_reference_ids"] == run["config"].eval.num_examples
+    agreement = m["pairs"]["image_report_agreement"]
+    assert "micro" in agreement["generated"] and "chance_micro_f1" in agreement
     assert os.path.getsize(os.path.join(wd, "eval", "cxr_irgen_test.html")) > 1000
 
 
@@ -317,7 +320,7 @@ def test_pretrained_transformers_clip_plugs_into_the_pipeline(run, tmp_path):
     the denoiser's context width; reference images are resized to its image size."""
     import shutil
 
-    from xray_gen.models.cxr_irgen import sampling, weights
+    from xray_gen.models.cxr_irgen import generate, weights
     from xray_gen.models.cxr_irgen.task import CxrIRGenTask
     from xray_gen.nn.unet2d import UNetConfig
 
@@ -347,7 +350,7 @@ def test_pretrained_transformers_clip_plugs_into_the_pipeline(run, tmp_path):
     assert int(new.step) == 1 and np.isfinite(float(metrics["loss"]))
 
     raw = np.asarray(batch["labels"][:2])
-    inputs, _ = sampling.condition_inputs(task, raw, [0, 1])
+    inputs, _ = generate.condition_inputs(task, raw, [0, 1])
     np.testing.assert_array_equal(inputs["prompt_ids"][1], bpe.encode_flat(label_prompt(raw[1]), 40)[0])
     np.testing.assert_array_equal(task.null_inputs()["prompt_ids"][0, :3], [bpe.bos_id, bpe.eos_id, bpe.pad_id])
 
@@ -368,7 +371,7 @@ def test_pretrained_text_encoder_beside_tokenizer_and_errors(run, tmp_path):
     errors, each naming the config field and the file."""
     from safetensors.numpy import save_file
 
-    from xray_gen.models.cxr_irgen import clip_weights, sampling
+    from xray_gen.models.cxr_irgen import clip_weights, generate
     from xray_gen.models.cxr_irgen.task import CxrIRGenTask
 
     folder, _, bpe = _pretrained_clip(tmp_path / "clip")
@@ -394,7 +397,7 @@ def test_pretrained_text_encoder_beside_tokenizer_and_errors(run, tmp_path):
     assert task.prompt_tokenizer.source == str(sd / "tokenizer" / "vocab.json")
     labels = np.full((14,), np.nan, np.float32)
     labels[2] = 1.0
-    inputs, _ = sampling.condition_inputs(task, labels[None], [0])
+    inputs, _ = generate.condition_inputs(task, labels[None], [0])
     np.testing.assert_array_equal(inputs["prompt_ids"][0], bpe.encode_flat(label_prompt(labels), 40)[0])
 
     config.cxr_irgen.reference_image = True
@@ -461,7 +464,7 @@ def test_pretrained_transformers_bart_starts_the_language_stage(run, tmp_path):
 
     from xray_gen.data.bart_tokenizer import BartTokenizer
     from xray_gen.data.pipeline import open_split
-    from xray_gen.models.cxr_irgen import bart_weights, sampling
+    from xray_gen.models.cxr_irgen import bart_weights, generate
     from xray_gen.models.cxr_irgen.inputs import ReportSource, report_text
     from xray_gen.models.cxr_irgen.task import CxrIRGenTask
 
@@ -500,11 +503,11 @@ def test_pretrained_transformers_bart_starts_the_language_stage(run, tmp_path):
     main_batch = next(iter(task.train_loader()))
     state, metrics = jax.jit(task.train_step)(state, task.frozen(), jax.tree.map(jnp.asarray, main_batch))
     assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))
-    inputs, _ = sampling.condition_inputs(task, np.asarray(main_batch["labels"][:2]), [0, 1])
-    out = sampling.generate_pairs(task, state, inputs, [0, 1], 2)
+    inputs, _ = generate.condition_inputs(task, np.asarray(main_batch["labels"][:2]), [0, 1])
+    out = generate.generate_pairs(task, state, inputs, [0, 1], 2)
     ids = np.asarray(out["report_ids"])
     assert ids.shape == (2, n) and np.all(ids[:, 0] == bpe.bos_id) and ids.max() < task.text_model.config.vocab_size
-    texts = sampling.decode_reports(task.report_tokenizer, ids)
+    texts = generate.decode_reports(task.report_tokenizer, ids)
     assert texts == [" ".join(s.strip().rstrip(".").strip() + "." for s in bpe.decode_flat(row) if s.strip(" ."))
                      for row in ids]
     assert all(isinstance(t, str) for t in texts)

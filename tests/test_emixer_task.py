@@ -15,7 +15,7 @@ from PIL import Image
 from xray_gen import main
 from xray_gen.configs import emixer as emixer_config
 from xray_gen.data.schema import CHEXPERT_LABELS, NUM_LABELS
-from xray_gen.models.emixer.sampling import EMPTY_NOTE, report_text
+from xray_gen.models.emixer.generate import EMPTY_NOTE, report_text
 
 
 @pytest.fixture(scope="module")
@@ -99,23 +99,28 @@ def test_evaluate_and_label_fraction_table(trained, tmp_path):
     fidelity = result["fidelity"]["frontal"]
     assert fidelity["fid"] >= 0.0 and fidelity["fid_ci"][0] <= fidelity["fid_ci"][1]
     assert fidelity["kid"]["num_subsets"] == 100 and fidelity["n_generated"] == config.eval.num_generated
-    for key in ("report_f_on_real", "report_generated"):
-        assert {"bleu_1", "bleu_2", "bleu_3", "bleu_4", "cider", "rouge_l"} <= set(result[key])
-        assert all(0.0 <= result[key][k] <= 1.0 for k in ("bleu_4", "rouge_l"))
+    for block in (result["report_f_on_real"], result["reports"]["vs_reference"]):
+        assert {"bleu_1", "bleu_2", "bleu_3", "bleu_4", "cider", "rouge_l"} <= set(block)
+        assert all(0.0 <= block[k] <= 1.0 for k in ("bleu_4", "rouge_l"))
+    # every generated report is compared with the report of the study whose labels it was given
+    assert result["reports"]["n_matched_reference_ids"] == config.eval.num_generated
     agreement = result["label_agreement"]
     notes = agreement["notes"]
     for key in ("classifier_auroc_generated", "classifier_auroc_generated_chance"):
         _finite_or_explained(agreement[key], notes)
     for key in ("labeler_f1_generated", "image_report_f1", "labeler_f1_generated_chance", "image_report_f1_chance"):
         _finite_or_explained(agreement[key]["micro_f1"], notes)
+    # the shared sections and EMIXER's own agree where they measure the same thing
+    shared_auroc = result["clinical"]["auroc_generated"]["macro"]
+    own_auroc = agreement["classifier_auroc_generated"]
+    assert own_auroc == shared_auroc if shared_auroc is None else own_auroc == pytest.approx(shared_auroc)
     eval_dir = os.path.join(workdir, "eval")
     with open(os.path.join(eval_dir, "emixer_test.json")) as f:
         record = json.load(f)
-    assert record["protocol"]["extractor"] == "emixer+classifier_features"
+    assert record["protocol"]["extractor"] == "xray_gen_classifier_penultimate"
     assert record["protocol"]["image_count"] == config.eval.num_generated
     page = open(os.path.join(eval_dir, "emixer_test.html")).read()
-    assert page.count('class="sample"') == min(12, config.eval.num_generated)
-    assert "REQUESTED:" in page and "GENERATED REPORT:" in page
+    assert page.count('class="sample"') == min(8, config.eval.num_generated)
     assert "classifier AUROC, generated images vs requested labels" in page
     # the augmentation experiment: the evaluation classifier vs the same one on real + 16 generated
     aug_rows = result["augmentation"]["rows"]
@@ -129,7 +134,7 @@ def test_evaluate_and_label_fraction_table(trained, tmp_path):
     assert aug_rows[0]["macro_auroc"] != aug_rows[1]["macro_auroc"]  # a second classifier, really trained
 
     # the limited-label table: a second run (same protocol) with 30% of the labels
-    from xray_gen.models.emixer.evaluation import compare_label_fractions
+    from xray_gen.models.emixer.tables import compare_label_fractions
 
     other = tmp_path / "labels30"
     shutil.copytree(eval_dir, other / "eval")
@@ -140,7 +145,7 @@ def test_evaluate_and_label_fraction_table(trained, tmp_path):
     assert "| 30% | 123.00 |" in table["markdown"] and (tmp_path / "table" / "label_fractions.md").exists()
     with pytest.raises(FileNotFoundError, match="run --mode=evaluate"):
         compare_label_fractions([str(tmp_path / "table")])
-    from xray_gen.models.emixer.evaluation import main as table_main
+    from xray_gen.models.emixer.tables import main as table_main
 
     assert table_main([f"--workdirs={workdir},{other}", f"--out={tmp_path / 'cli'}"]) == 0
     assert (tmp_path / "cli" / "label_fractions.md").read_text() == table["markdown"]
@@ -229,7 +234,7 @@ def test_gradient_accumulation_step_runs_and_bad_split_is_named(trained):
 def test_rotation_loss_off_leaves_the_rotation_head_alone(trained):
     """emixer.rotation_loss=False (BigGAN's critic step): no rotation term, so D's rotation head gets
     no gradient while the rest of D trains (with it on, the head moves: the accumulation test)."""
-    from xray_gen.models.emixer.task import _params
+    from xray_gen.models.emixer.steps import disc_params
     from xray_gen.training import loop
 
     config, workdir = trained
@@ -237,7 +242,7 @@ def test_rotation_loss_off_leaves_the_rotation_head_alone(trained):
     c.emixer.rotation_loss = False
     task = main.make_task(c, workdir)
     state, _ = loop.restore_latest(task, c, workdir)
-    state = state.replace(disc_opt=task.disc_tx.init(_params(state.disc)))  # no momentum from training
+    state = state.replace(disc_opt=task.disc_tx.init(disc_params(state.disc)))  # no momentum from training
     new, metrics = jax.jit(task.train_step)(state, {}, jax.tree.map(jnp.asarray, next(iter(task.train_loader()))))
     moved = lambda name: any(not np.array_equal(a, b) for a, b in zip(
         jax.tree.leaves(jax.device_get(state.disc["image"]["params"][name])),
@@ -269,7 +274,7 @@ def test_f_pretrain_phase_trains_f_alone(trained):
 
 
 def test_scale_gradient_keeps_values_and_scales_gradients():
-    from xray_gen.models.emixer.task import _scale_gradient
+    from xray_gen.models.emixer.steps import _scale_gradient
 
     x = {"w": jnp.array([1.5, -2.0])}
     f = lambda t, w: jnp.sum(_scale_gradient(t, w)["w"] ** 2)

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from xray_gen import evaluate as ev
+from xray_gen.evaluation import generated_folder
 from xray_gen.configs.default import get_default
 from xray_gen.data.pipeline import open_split
 from xray_gen.data.schema import CHEXPERT_LABELS
@@ -209,7 +210,7 @@ def test_folder_without_csv_is_frontal_unlabeled_and_unreadable_files_are_counte
     Image.fromarray(rng.integers(0, 255, (20, 20, 3), np.uint8)).save(tmp_path / "a" / "b" / "y.png")
     Image.fromarray(rng.integers(0, 65535, (64, 64), np.uint16)).save(tmp_path / "z16.png")
     (tmp_path / "bad.png").write_bytes(b"garbage")
-    gen = ev.load_generated(str(tmp_path), RES)
+    gen = generated_folder.load_generated(str(tmp_path), RES)
     assert gen.images.shape == (3, RES, RES) and gen.images.dtype == np.uint8
     assert gen.views == ["frontal"] * 3 and not gen.has_labels and not gen.has_reports
     s = gen.summary
@@ -220,19 +221,19 @@ def test_folder_without_csv_is_frontal_unlabeled_and_unreadable_files_are_counte
 def test_bad_csv_column_gives_a_clear_error(tmp_path):
     Image.fromarray(np.zeros((RES, RES), np.uint8)).save(tmp_path / "a.png")
     (tmp_path / "metadata.csv").write_text("file,view,Cardiomegally\na.png,frontal,1\n")
-    with pytest.raises(ev.MetadataError, match="unknown column 'Cardiomegally'.*Cardiomegaly"):
-        ev.load_generated(str(tmp_path), RES)
-    gen = ev.load_generated(str(tmp_path), RES, ignore_columns=["Cardiomegally"])
+    with pytest.raises(generated_folder.MetadataError, match="unknown column 'Cardiomegally'.*Cardiomegaly"):
+        generated_folder.load_generated(str(tmp_path), RES)
+    gen = generated_folder.load_generated(str(tmp_path), RES, ignore_columns=["Cardiomegally"])
     assert len(gen.files) == 1
     (tmp_path / "metadata.csv").write_text("path,view\na.png,frontal\n")
-    with pytest.raises(ev.MetadataError, match="unknown column 'path'"):
-        ev.load_generated(str(tmp_path), RES)
+    with pytest.raises(generated_folder.MetadataError, match="unknown column 'path'"):
+        generated_folder.load_generated(str(tmp_path), RES)
     (tmp_path / "metadata.csv").write_text("file,view,pleural_effusion\na.png,frontal,yes\n")
-    with pytest.raises(ev.MetadataError, match="row 2, column 'pleural_effusion': 'yes'"):
-        ev.load_generated(str(tmp_path), RES)
+    with pytest.raises(generated_folder.MetadataError, match="row 2, column 'pleural_effusion': 'yes'"):
+        generated_folder.load_generated(str(tmp_path), RES)
     (tmp_path / "metadata.csv").write_text("file,view\na.png,oblique\n")
-    with pytest.raises(ev.MetadataError, match="column 'view'"):
-        ev.load_generated(str(tmp_path), RES)
+    with pytest.raises(generated_folder.MetadataError, match="column 'view'"):
+        generated_folder.load_generated(str(tmp_path), RES)
     # the CLI prints it as an error (no traceback) and fails
     (tmp_path / "metadata.csv").write_text("file,view,Cardiomegally\na.png,frontal,1\n")
     proc = subprocess.run(

@@ -15,6 +15,7 @@ import pytest
 
 from xray_gen import main
 from xray_gen.configs import pggan as pggan_config
+from xray_gen.data.schema import CHEXPERT_LABELS
 from xray_gen.models.pggan.task import PGGANTask
 from xray_gen.training import loop
 
@@ -107,9 +108,12 @@ def test_sample_archive_and_evaluate(trained):
 
     metrics = main.run(_config(prepared), full, "evaluate")
     fidelity = metrics["fidelity"]["frontal"]
-    assert metrics["num_generated"] == 24 and metrics["num_real"] == 24 and np.isfinite(fidelity["fid"])
+    assert metrics["num_generated"] == 24 and fidelity["n_reference"] == 24 and np.isfinite(fidelity["fid"])
     assert fidelity["fid_ci"][0] <= fidelity["fid_ci"][1] and fidelity["n_generated"] == 24
-    gan = metrics["gan_train"]  # GAN-train, or the reason it was skipped (a tiny smoke archive)
+    # prevalence: both sides labelled by the classifier at its thresholds
+    predicted = metrics["clinical"]["prevalence"]["predicted"]
+    assert set(predicted["generated"]) == set(predicted["reference"]) == set(CHEXPERT_LABELS)
+    gan = metrics["pggan_tables"]["gan_train"]  # GAN-train, or the reason it was skipped (a tiny smoke archive)
     assert gan.get("archive", {}).get("size") == len(rows) or "generate more patients" in gan["skipped"]
     tables = json.load(open(os.path.join(full, "eval", "tables.json")))
     names = " ".join(tables)

@@ -5,7 +5,8 @@
       [--metadata=F] [--num_examples=N] [--bootstrap=1000] [--config.data.KEY=VALUE ...]
 
 writes ``OUT/metrics.json`` (metrics + protocol, :func:`xray_gen.evaluation.protocol.write_result_json`)
-and ``OUT/report.html`` (:mod:`xray_gen.evaluation.html_report`, when that module is installed).
+and ``OUT/report.html`` (:mod:`xray_gen.evaluation.html_report`), with the one evaluator
+(:mod:`xray_gen.evaluation.evaluator`) that every model's ``--mode=evaluate`` uses too.
 
 Inputs
 ------
@@ -54,28 +55,16 @@ Sections (each only when its inputs exist; a missing input is recorded as ``"ski
 
 from __future__ import annotations
 
-import json
 import logging as std_logging
-import os
 import sys
-import time
 from typing import Any, Dict, Optional, Sequence
 
 from absl import logging
 
-# Layout: the inputs come from evaluation.generated_folder (the PNG folder + metadata.csv),
-# evaluation.real_splits (reference and training splits) and models.restore (classifier,
-# VCN); each metric section is a module of evaluation.sections, which also writes report.html. This
-# module only wires them together and records the protocol.
-from xray_gen.evaluation.generated_folder import (INPUT_RESIZE, VIEWS, GeneratedSet, MetadataError,
-                                                  load_generated)
-from xray_gen.evaluation.real_splits import RealSet, load_reference, parse_reference
-from xray_gen.evaluation.sections import SECTIONS
-from xray_gen.evaluation.sections.context import Context, collect_skips
-from xray_gen.evaluation.sections.report_page import write_html
-from xray_gen.models.restore import load_classifier, load_vcn
+from xray_gen.evaluation.evaluator import Scorers, Settings
+from xray_gen.evaluation.generated_folder import MetadataError
 
-__all__ = ["MetadataError", "GeneratedSet", "RealSet", "load_generated", "load_reference", "evaluate"]
+__all__ = ["MetadataError", "evaluate"]
 
 
 def evaluate(generated: str, reference: str, out: str, data_config=None, *, metadata: Optional[str] = None,
@@ -84,93 +73,27 @@ def evaluate(generated: str, reference: str, out: str, data_config=None, *, meta
              train_examples: int = -1, bootstrap: int = 1000, report_bootstrap: int = 200, seed: int = 0,
              num_pairs: int = 1000, percentile: float = 1.0, batch_size: Optional[int] = None,
              ignore_columns: Sequence[str] = (), html: bool = True) -> Dict[str, Any]:
-    """Scores the images (and reports) of ``generated`` against ``reference`` ("source/split");
-    writes ``out/metrics.json`` (and ``out/report.html``); returns the written record."""
+    """Scores the images (and reports) of ``generated`` against ``reference`` ("source/split") with
+    the networks of the given workdirs; writes ``out/metrics.json`` (and ``out/report.html``);
+    returns the written record (:func:`xray_gen.evaluation.evaluator.evaluate`)."""
     from xray_gen.configs.default import get_default
-    from xray_gen.data.pipeline import SPLITS
-    from xray_gen.evaluation.protocol import Protocol, write_result_json
+    from xray_gen.evaluation import evaluator
+    from xray_gen.models.restore import load_classifier, load_vcn
 
-    t_start = time.time()
-    source, split = parse_reference(reference)
-    if train_split not in SPLITS:
-        raise ValueError(f"--train_split={train_split!r}: valid splits {', '.join(SPLITS)}")
-    base = get_default() if data_config is None else None
-    dc = (base.data if base is not None else data_config).copy_and_resolve_references()
-    dc.source = source
-    resolution = int(dc.resolution)
+    dc = get_default().data if data_config is None else data_config
     batch_size = int(batch_size or 64)
-
-    gen = load_generated(generated, resolution, metadata, ignore_columns)
-    if len(gen.files) == 0:
-        raise ValueError(f"no readable images in {generated} ({gen.summary['unreadable']} unreadable, "
-                         f"{gen.summary['png_files_found']} PNG files found)")
-    need_lateral = bool(len(gen.rows("lateral")))
-    logging.info("evaluate: %d generated images (%s) vs %s", len(gen.files), gen.summary["per_view"], reference)
-    ref = load_reference(dc, split, need_lateral, num_examples)
-    if len(ref) == 0:
-        raise ValueError(f"the reference {reference} is empty")
-
-    classifier = load_classifier(classifier_workdir, batch_size) if classifier_workdir else None
     inception = None
     if inception_weights:
         from xray_gen.evaluation.features import inception_extractor
 
         inception = inception_extractor(inception_weights, output="pool+logits")
-    vcn = load_vcn(vcn_workdir) if vcn_workdir else None
-
-    ctx = Context(gen=gen, ref=ref, data_config=dc, train_split=train_split, classifier=classifier,
-                  inception=inception, vcn=vcn, bootstrap=int(bootstrap), report_bootstrap=int(report_bootstrap),
-                  seed=int(seed), num_pairs=int(num_pairs), percentile=float(percentile),
-                  train_examples=int(train_examples))
-    metrics: Dict[str, Any] = {"reference": reference, "inputs": gen.summary,
-                               "reference_counts": {"studies": len(ref), **{v: int(len(ref.images[v])) for v in VIEWS}}}
-    for name, fn in SECTIONS:
-        t0 = time.time()
-        try:
-            metrics[name] = fn(ctx)
-        except Exception as e:  # noqa: BLE001 - one failing section must not lose the others
-            logging.exception("evaluate: section %s failed", name)
-            metrics[name] = f"error: {type(e).__name__}: {e}"
-        logging.info("evaluate: %s done in %.1fs", name, time.time() - t0)
-    metrics["skipped"] = collect_skips({name: metrics[name] for name, _ in SECTIONS})
-    metrics["seconds"] = time.time() - t_start
-
-    extra = {
-        "generated": gen.summary["directory"], "metadata": gen.summary["metadata"], "input_resize": INPUT_RESIZE,
-        "data_resolution": resolution, "equalize_real": bool(dc.get("equalize", False)),
-        "train_split": f"{source}/{train_split}",
-        "train_examples": "all" if train_examples <= 0 else int(train_examples),
-        "data": json.loads(dc.to_json_best_effort()),
-        "privacy_percentile": float(percentile), "report_bootstrap_n": int(report_bootstrap),
-        "ms_ssim_pairs": int(num_pairs), "kid": "100 subsets of min(1000, n/2) without replacement",
-    }
-    if classifier is not None:
-        extra["classifier"] = {"workdir": classifier.workdir, "step": classifier.step,
-                               "resolution": classifier.resolution}
-    if inception is not None:
-        extra["inception"] = {"extractor": inception.name, "weights_checksum": inception.weights_checksum,
-                              "resize_policy": inception.resize_policy, "grey_to_rgb": inception.grey_rule}
-    if vcn is not None:
-        extra["vcn"] = {"workdir": vcn.workdir, "weights_checksum": vcn.weights_checksum,
-                        "resolution": vcn.resolution}
-    seeds = (int(seed), int(dc.phantom.seed)) if source == "phantom" else (int(seed),)
-    primary = classifier.extractor if classifier is not None else inception
-    if primary is not None:
-        protocol = Protocol.from_extractor(primary, image_count=len(gen.files), seeds=seeds,
-                                           bootstrap_n=bootstrap, reference=reference,
-                                           reference_count=len(ref), **extra)
-    else:
-        protocol = Protocol(extractor="none (no --classifier_workdir / --inception_weights)",
-                            weights_checksum="", image_count=len(gen.files), resolution=resolution,
-                            resize_policy=INPUT_RESIZE, grey_to_rgb="none (1-channel images)", seeds=seeds,
-                            bootstrap_n=int(bootstrap), reference=reference, reference_count=len(ref),
-                            extra=extra)
-    os.makedirs(out, exist_ok=True)
-    record = write_result_json(os.path.join(out, "metrics.json"), metrics, protocol)
-    logging.info("evaluate: wrote %s", os.path.join(out, "metrics.json"))
-    if html:
-        write_html(out, record, ctx)
-    return record
+    scorers = Scorers(classifier=load_classifier(classifier_workdir, batch_size) if classifier_workdir else None,
+                      inception=inception, vcn=load_vcn(vcn_workdir) if vcn_workdir else None)
+    settings = Settings(train_split=train_split, num_examples=num_examples, train_examples=train_examples,
+                        bootstrap=bootstrap, report_bootstrap=report_bootstrap, seed=seed, num_pairs=num_pairs,
+                        percentile=percentile, html=html)
+    return evaluator.evaluate(generated, reference, out, dc, scorers, settings, metadata=metadata,
+                              ignore_columns=ignore_columns, html_name="report.html")
 
 
 # ------------------------------------------------------------------------------------------------

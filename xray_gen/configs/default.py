@@ -57,6 +57,12 @@ def get_default() -> ml_collections.ConfigDict:
     # (0: never), into WORKDIR/eval/step_N, logging its numbers as checkpoint_eval/* scalars.
     c.eval.at_checkpoints_every = 0
     c.eval.inception_weights = ""  # converted Inception-v3 (weights_import): adds Inception FID and IS
+    # The one evaluator's shared sections to run (comma-separated; '' = all: fidelity, matched,
+    # clinical, reports, pairs, privacy); each model adds its paper's own sections.
+    c.eval.sections = ""
+    c.eval.train_examples = -1  # training studies the privacy section compares with (-1: all)
+    c.eval.report_bootstrap = 200  # resamples of the NLG metrics' intervals (CIDEr is slow)
+    c.eval.diversity_pairs = 1_000  # random image pairs of the MS-SSIM diversity
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # model replicas (-1: every device left after mesh.model)
@@ -115,6 +121,9 @@ def use_smoke_sizes(c: ml_collections.ConfigDict) -> None:
     c.train.checkpoint_every = 3
     c.eval.num_examples = 24
     c.eval.bootstrap = 20
+    c.eval.report_bootstrap = 10
+    c.eval.diversity_pairs = 50
+    c.eval.train_examples = 64
     c.eval.batch_size = 8
 
 

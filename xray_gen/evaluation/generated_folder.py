@@ -1,5 +1,6 @@
-"""The generated side of :mod:`xray_gen.evaluate`: a folder of PNGs (any nesting) and its optional
-``metadata.csv``, read into a :class:`GeneratedSet`.
+"""The generated side of the evaluator: a folder of PNGs (any nesting) and its optional
+``metadata.csv``, read into a :class:`GeneratedSet`; and :func:`write_generated`, which the models'
+``--mode=evaluate`` use to write their generated sets in that format.
 
 It exists so that the input format has one owner: the column vocabulary and the clear
 :class:`MetadataError` s for a malformed CSV, the image decoding that matches the data pipeline
@@ -292,3 +293,50 @@ _HEADER = re.compile(r"(?im)^\s*(findings|impression)\s*:\s*")
 def strip_headers(text: str) -> str:
     """'FINDINGS: a\\nIMPRESSION: b' -> 'a\\nb' (generated reports may carry the usual headers)."""
     return _HEADER.sub("", str(text)).strip()
+
+
+def _label_cell(value: float) -> str:
+    return "" if np.isnan(value) else str(int(value))
+
+
+def write_generated(directory: str, items: Sequence[Dict[str, Any]], report_column: str = "report") -> str:
+    """Writes generated images and what they were made from as a folder the evaluator reads:
+    ``NNNNN_<view>.png`` per item (files named by position, never by id) and ``metadata.csv``.
+
+    Each item: ``image`` (uint8 (H, W[, 1]) or float in [-1, 1]), ``view``, and optionally ``id``
+    (the study id it was generated for), ``pair_id``, ``report``, ``labels`` ((14,), NaN = blank).
+    `report_column` ("report", "findings" or "impression"): which real report sections the
+    evaluator compares the reports with. PNGs of an earlier call in `directory` are removed first.
+    Returns the metadata path."""
+    from PIL import Image
+
+    from xray_gen.files import atomic_open
+    from xray_gen.images import to_uint8
+
+    os.makedirs(directory, exist_ok=True)
+    for old in _find_pngs(directory):
+        os.remove(os.path.join(directory, old))
+    if report_column not in ("report", "findings", "impression"):
+        raise ValueError(f"report_column={report_column!r} is not one of report, findings, impression")
+    header = list(BASE_COLUMNS[:3]) + [report_column, "pair_id"] + list(CHEXPERT_LABELS)
+    rows = []
+    for i, item in enumerate(items):
+        view = item["view"]
+        if view not in VIEWS:
+            raise ValueError(f"generated item {i}: view {view!r} is not one of {VIEWS}")
+        image = np.asarray(item["image"])
+        image = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
+        if image.dtype != np.uint8:
+            image = to_uint8(image)
+        name = f"{i:05d}_{view}.png"
+        Image.fromarray(image).save(os.path.join(directory, name))
+        labels = item.get("labels")
+        cells = ([""] * NUM_LABELS if labels is None else [_label_cell(float(v)) for v in np.asarray(labels)])
+        rows.append([name, str(item.get("id", "")), view, str(item.get("report", "")), str(item.get("pair_id", ""))]
+                    + cells)
+    path = os.path.join(directory, METADATA_FILE)
+    with atomic_open(path, "w", suffix=".csv.tmp") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path

@@ -1,7 +1,8 @@
 """The ``pairs`` section of :mod:`xray_gen.evaluate`: does what belongs to one study agree?
 View consistency of generated frontal+lateral pairs (VCN; real pairs and mismatched generated
 pairs as reference points), and image-report agreement (the classifier's labels of the frontal vs
-the rule-based labeler's labels of its report; real studies as the baseline).
+the rule-based labeler's labels of its report; real studies as the baseline, and a chance level:
+the reports shuffled across the generated images).
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import numpy as np
 from xray_gen.evaluation.generated_folder import strip_headers
 from xray_gen.evaluation.sections.context import Context, skipped
 
+CHANCE_PERMUTATIONS = 5
+
 
 def pairs(ctx: Context) -> Dict[str, Any]:
+    from xray_gen.data.labeler import label_reports
     from xray_gen.evaluation import text_metrics
     from xray_gen.evaluation.metrics import bootstrap_ci, multilabel_auroc
 
@@ -61,7 +65,8 @@ def pairs(ctx: Context) -> Dict[str, Any]:
                      "weights_checksum": ctx.vcn.weights_checksum}
         out["view_consistency"] = vc
 
-    with_report = [u for u in ctx.gen.units if u.frontal is not None and u.report]
+    # With a report column every study has a report (a blank one is empty, and counts).
+    with_report = [u for u in ctx.gen.units if u.frontal is not None and ctx.gen.report_section]
     if ctx.classifier is None:
         out["image_report_agreement"] = skipped("no --classifier_workdir")
     elif not with_report:
@@ -69,9 +74,15 @@ def pairs(ctx: Context) -> Dict[str, Any]:
     else:
         thr = ctx.classifier.thresholds
         _, probs = ctx.classifier(ctx.gen.images[[u.frontal for u in with_report]])
-        agreement = text_metrics.label_agreement((probs >= thr).astype(np.float64),
-                                                 [strip_headers(u.report) for u in with_report])
+        image_labels = (probs >= thr).astype(np.float64)
+        report_labels = label_reports([strip_headers(u.report) for u in with_report]).astype(np.float64)
+        agreement = text_metrics.label_agreement(image_labels, report_labels)
+        rng = np.random.default_rng(ctx.seed)
+        chance = [text_metrics.label_agreement(image_labels, report_labels[rng.permutation(len(report_labels))])
+                  ["micro"]["f1"] for _ in range(CHANCE_PERMUTATIONS)] if len(report_labels) >= 2 else []
+        chance = [v for v in chance if v is not None]
         block = {"generated": dict(agreement, n=len(with_report)),
+                 "chance_micro_f1": float(np.mean(chance)) if chance else None,
                  "definition": "classifier labels of the frontal as predictions, the rule-based "
                                "labeler's labels of its report as truth",
                  "thresholds": ctx.classifier.thresholds_source}

@@ -1,4 +1,4 @@
-"""``report.html`` of :mod:`xray_gen.evaluate`: sample grids (each generated study next to the real
+"""The evaluator's HTML page (:mod:`xray_gen.evaluation.evaluator`): sample grids (each generated study next to the real
 study of the same id) plus the material the sections collected in the :class:`Context` (per-class
 bars, histograms, closest privacy pairs) and the classifier's training curve, rendered by
 :func:`xray_gen.evaluation.html_report.write_html_report` when that module is installed.
@@ -6,7 +6,6 @@ bars, histograms, closest privacy pairs) and the classifier's training curve, re
 
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, List, Optional
 
 from absl import logging
@@ -45,18 +44,20 @@ def _samples(ctx: Context) -> List[Dict[str, Any]]:
     return out
 
 
-def write_html(out: str, record: Dict[str, Any], ctx: Context) -> Optional[str]:
-    """Writes ``out/report.html``; its path, or None when html_report is not installed."""
+def write_html(path: str, record: Dict[str, Any], ctx: Context, curves: Optional[Dict[str, Any]] = None,
+               title: Optional[str] = None) -> Optional[str]:
+    """Writes the page to `path` (with the classifier's validation curve and `curves`, e.g. the
+    model's training losses); `path`, or None when html_report is not installed."""
     try:
         from xray_gen.evaluation.html_report import write_html_report
     except ImportError as e:
-        logging.warning("xray_gen.evaluation.html_report is not available (%s): wrote metrics.json only", e)
+        logging.warning("xray_gen.evaluation.html_report is not available (%s): wrote the JSON only", e)
         return None
-    curves = {}
+    curves = dict(curves or {})
     if ctx.classifier is not None and ctx.classifier.history:
         curves["classifier validation macro AUROC"] = [(int(s), float(v)) for s, v in ctx.classifier.history]
-    path = os.path.join(out, "report.html")
-    write_html_report(path, record, samples=_samples(ctx), privacy_pairs=ctx.privacy_pairs,
-                      histograms=ctx.histograms, per_class=ctx.per_class, curves=curves)
+    write_html_report(path, record, title=title or "xray_gen evaluation", samples=_samples(ctx),
+                      privacy_pairs=ctx.privacy_pairs, histograms=ctx.histograms, per_class=ctx.per_class,
+                      curves=curves)
     logging.info("evaluate: wrote %s", path)
     return path

@@ -17,11 +17,13 @@ from xray_gen.evaluation.sections.context import Context, skipped
 def reports(ctx: Context) -> Dict[str, Any]:
     from xray_gen.evaluation import text_metrics
 
-    units = [u for u in ctx.gen.units if u.report]
-    if not units:
+    if not ctx.gen.report_section:
         return {"status": skipped("no generated reports in the metadata (report / findings / impression)")}
+    # Every study counts, a blank report as an empty one: a model is not scored on its easy cases only.
+    units = ctx.gen.units
     ref_key = ctx.gen.compared_section
-    out: Dict[str, Any] = {"n_reports": len(units), "compared_section": ref_key}
+    out: Dict[str, Any] = {"n_reports": len(units), "n_empty": sum(not u.report for u in units),
+                           "compared_section": ref_key}
     ref_index = {sid: i for i, sid in enumerate(ctx.ref.ids)}
     matched = [u for u in units if u.id and u.id in ref_index]
     out["n_matched_reference_ids"] = len(matched)

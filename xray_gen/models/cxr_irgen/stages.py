@@ -36,7 +36,10 @@ from xray_gen.data import augment as aug
 from xray_gen.data.pipeline import ToModelInputs, make_loader, open_split, workdir_tokenizer
 from xray_gen.files import atomic_open
 from xray_gen.models.cxr_irgen import bart_weights, language, weights
-from xray_gen.models.cxr_irgen.networks import (pretrained_vae, vae_config, vae_encode, latent_side, pretrained_clip, _from_pretrained, clip_model, load_pretrained_clip, clip_init_inputs, clip_images, pretrained_bart, report_model, report_tokenizer, prior_model, normalize_latents)
+from xray_gen.models.cxr_irgen.networks import (clip_images, clip_init_inputs, clip_model, from_pretrained,
+                                                 latent_side, load_pretrained_clip, normalize_latents,
+                                                 pretrained_bart, pretrained_clip, pretrained_vae, prior_model,
+                                                 report_model, report_tokenizer, vae_config, vae_encode)
 from xray_gen.models.cxr_irgen.inputs import CxrInputs, IndexedSource, ReportSource, label_groups
 from xray_gen.nn import clip as clip_nn
 from xray_gen.nn.autoencoder_kl import AutoencoderKL
@@ -276,7 +279,7 @@ class TextAutoencoderTask(StageTask):
     def warm_start(self, state):
         if not pretrained_bart(self.main):
             return state
-        bart = _from_pretrained(self.main, "language", bart_weights.load_bart, self.net.config)
+        bart = from_pretrained(self.main, "language", bart_weights.load_bart, self.net.config)
         params = {**state.params, "bart": bart}
         if jax.tree.structure(params) != jax.tree.structure(state.params):
             raise ValueError(f"cxr_irgen.language.pretrained={pretrained_bart(self.main)}: its parameters do not "

@@ -12,6 +12,7 @@ constant gain / sqrt(fan_in), so Adam's per-parameter step is equally effective 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Sequence
 
@@ -213,3 +214,28 @@ class Discriminator(nn.Module):
         x = nn.leaky_relu(self.conv0(x), LEAK)
         features = nn.leaky_relu(self.conv4x4(x), LEAK).reshape(images.shape[0], -1)
         return self.head(features), features
+
+
+@dataclasses.dataclass(frozen=True)
+class Networks:
+    generator: Generator
+    critic: Discriminator
+
+
+def build_networks(config) -> Networks:
+    """The generator and critic for every level up to `data.resolution`; checks the per-level
+    config lists and the minibatch-stddev group against each level's batch size."""
+    p = config.pggan
+    n = level_of(config.data.resolution) + 1
+    for field in ("channels", "batch_sizes"):
+        if len(p[field]) < n:
+            raise ValueError(f"pggan.{field} needs {n} entries (levels 4..{config.data.resolution} px), "
+                             f"got {len(p[field])}")
+    for level, bs in enumerate(p.batch_sizes[:n]):
+        group = bs if p.mbstd_group <= 0 else min(p.mbstd_group, bs)
+        if bs % group:
+            raise ValueError(f"pggan.batch_sizes[{level}]={bs} is not divisible by pggan.mbstd_group={p.mbstd_group}")
+    if p.out_channels not in (1, 3):
+        raise ValueError(f"pggan.out_channels must be 1 or 3, got {p.out_channels}")
+    channels = tuple(p.channels[:n])
+    return Networks(Generator(channels, p.out_channels), Discriminator(channels, num_outputs=1, mbstd_group=p.mbstd_group))

@@ -17,14 +17,19 @@ difference D(real, c) - D(fake, c).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from xray_gen.nn.conv import im2col_conv_general_dilated
+from xray_gen.nn.text import FlatReportEncoder, HierarchicalReportEncoder
+
+VIEWS = ("frontal", "lateral")
 
 Dtype = Any
 
@@ -299,3 +304,29 @@ class PatchDiscriminator(nn.Module):
         out = nn.Dense(1, dtype=self.dtype, name="out")(h)[..., 0]
         proj = jnp.einsum("bhwc,bc->bhw", h, nn.Dense(ch, dtype=self.dtype, name="embed")(c))
         return (out + proj).astype(jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Networks:
+    encoder: Any  # report -> condition vector (HAE or the flat ablation)
+    generator: Any  # the two-view cascade, or {view: one-shot generator} (the MSCGAN ablation)
+    critic: PatchDiscriminator  # one module; a parameter set per view and stage
+
+
+def build_networks(config, vocab_size: int) -> Networks:
+    x = config.xraygan
+    if x.encoder not in ("hae", "flat") or x.generator not in ("cascade", "oneshot"):
+        raise ValueError("xraygan.encoder must be hae|flat and xraygan.generator cascade|oneshot")
+    enc_cls = HierarchicalReportEncoder if x.encoder == "hae" else FlatReportEncoder
+    gen_kw = dict(base_width=x.base_width, stage_width=x.stage_width, num_res=x.num_res, noise_dim=x.noise_dim)
+    if x.generator == "cascade":
+        generator = XRayGANGenerator(num_stages=x.num_stages - 1, **gen_kw)
+    else:
+        generator = {v: OneShotGenerator(resolution=config.data.resolution, **gen_kw) for v in VIEWS}
+    return Networks(enc_cls(vocab_size, x.embed_dim, x.hidden, out_dim=x.cond_dim), generator,
+                    PatchDiscriminator(width=x.d_width, max_width=x.d_max_width))
+
+
+def optimizer(x) -> optax.GradientTransformation:
+    """Adam's scaling; the step applies the phase's learning rate itself."""
+    return optax.scale_by_adam(b1=x.b1, b2=x.b2)

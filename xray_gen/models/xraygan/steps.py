@@ -2,13 +2,12 @@
 
 The step takes every array it uses as an argument: the state, the frozen VCN's variables (the
 loop's `frozen`, {} when the phase reads none) and the batch; the networks are Flax modules (no
-arrays) built once from the config (`build_networks`).
+arrays) built once from the config (networks.build_networks).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import flax
 import jax
@@ -18,11 +17,7 @@ import optax
 
 from xray_gen.data import augment as aug
 from xray_gen.models.xraygan import losses
-from xray_gen.models.xraygan.networks import OneShotGenerator, PatchDiscriminator, XRayGANGenerator
-from xray_gen.nn.text import FlatReportEncoder, HierarchicalReportEncoder
-
-VIEWS = ("frontal", "lateral")
-
+from xray_gen.models.xraygan.networks import VIEWS, Networks
 
 @flax.struct.dataclass
 class XRayGANState:
@@ -71,32 +66,6 @@ class Schedule:
         elif x.lr_decay_every > 0:
             lr = lr * x.lr_decay ** ((step - start) // x.lr_decay_every)
         return lr
-
-
-@dataclasses.dataclass(frozen=True)
-class Networks:
-    encoder: Any  # report -> condition vector (HAE or the flat ablation)
-    generator: Any  # the two-view cascade, or {view: one-shot generator} (the MSCGAN ablation)
-    critic: PatchDiscriminator  # one module; a parameter set per view and stage
-
-
-def build_networks(config, vocab_size: int) -> Networks:
-    x = config.xraygan
-    if x.encoder not in ("hae", "flat") or x.generator not in ("cascade", "oneshot"):
-        raise ValueError("xraygan.encoder must be hae|flat and xraygan.generator cascade|oneshot")
-    enc_cls = HierarchicalReportEncoder if x.encoder == "hae" else FlatReportEncoder
-    gen_kw = dict(base_width=x.base_width, stage_width=x.stage_width, num_res=x.num_res, noise_dim=x.noise_dim)
-    if x.generator == "cascade":
-        generator = XRayGANGenerator(num_stages=x.num_stages - 1, **gen_kw)
-    else:
-        generator = {v: OneShotGenerator(resolution=config.data.resolution, **gen_kw) for v in VIEWS}
-    return Networks(enc_cls(vocab_size, x.embed_dim, x.hidden, out_dim=x.cond_dim), generator,
-                    PatchDiscriminator(width=x.d_width, max_width=x.d_max_width))
-
-
-def optimizer(x) -> optax.GradientTransformation:
-    """Adam's scaling; the step applies the phase's learning rate itself."""
-    return optax.scale_by_adam(b1=x.b1, b2=x.b2)
 
 
 def init_state(nets: Networks, x, rng, tx) -> XRayGANState:

@@ -16,7 +16,7 @@ import os
 import ml_collections
 
 from xray_gen.data.pipeline import ReportInputs, ToModelInputs, make_loader, open_split, workdir_tokenizer
-from xray_gen.models.xraygan import steps
+from xray_gen.models.xraygan import networks, steps
 from xray_gen.models.xraygan.steps import VIEWS, XRayGANState, stage_resolution
 from xray_gen.training import loop
 
@@ -36,8 +36,8 @@ class XRayGANTask(loop.Task):
             )
         self.schedule = steps.Schedule.from_config(x)
         self.tokenizer = workdir_tokenizer(workdir, config.data, x.vocab_size)
-        self.nets = steps.build_networks(config, self.tokenizer.vocab_size)
-        self.tx = steps.optimizer(x)
+        self.nets = networks.build_networks(config, self.tokenizer.vocab_size)
+        self.tx = networks.optimizer(x)
         self._vcn = {}
 
     @property

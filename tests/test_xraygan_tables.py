@@ -6,22 +6,28 @@ import os
 import pytest
 
 from xray_gen.configs import xraygan as xraygan_configs
-from xray_gen.evaluation import ablation
+from xray_gen.models.xraygan import tables as ablation
 from xray_gen.evaluation.protocol import Protocol, write_result_json
 
 
 def metrics(split="validation", n=24, res=64, fid=(40.0, 50.0), ssim=(0.3, 0.25), vc=(0.8, 0.9, 0.2),
             auroc=(0.7, 0.85), with_lateral_fid=True):
-    m = {"split": split, "num_reports": n, "resolution": res,
-         "vc": {"generated": vc[0], "real": vc[1], "mismatched": vc[2]},
+    """The evaluator's layout (xray_gen.evaluation.evaluator) for an XRayGAN run."""
+    m = {"split": split, "num_reports": n, "resolution": res, "reference": f"phantom/{split}",
+         "pairs": {"view_consistency": {"generated": vc[0], "real": vc[1], "mismatched_generated": vc[2],
+                                        "vcn": {"workdir": "w/vcn_64", "resolution": 64}}},
          "fidelity": {"frontal": {"fid": fid[0], "kid": {"mean": 0.01, "std": 0.002, "subset_size": n // 2,
-                                                         "num_subsets": 100}}},
-         "ssim_frontal": ssim[0], "ssim_lateral": ssim[1],
-         "clinical_auroc_generated_frontal": auroc[0], "clinical_auroc_real_frontal": auroc[1]}
+                                                         "num_subsets": 100},
+                                  "inception_fid": "skipped: no --inception_weights",
+                                  "prdc": {"precision": 0.5, "space": "classifier"}}},
+         "matched": {"frontal": {"ssim": ssim[0], "n": n}, "lateral": {"ssim": ssim[1], "n": n}},
+         "clinical": {"auroc_generated": {"macro": auroc[0], "per_class": {}},
+                      "auroc_reference": {"macro": auroc[1]}},
+         "skipped": ["fidelity.frontal.inception_fid: skipped: no --inception_weights"]}
     if with_lateral_fid:
         m["fidelity"]["lateral"] = {"fid": fid[1], "kid": {"mean": 0.02, "std": 0.003}}
     else:
-        m["fidelity"]["lateral"] = {"skipped": "fewer than 2 images on a side"}
+        m["fidelity"]["lateral"] = {"fid": "skipped: fewer than 2 images on a side"}
     return m
 
 
@@ -79,14 +85,13 @@ def test_rows_and_values(runs):
     assert [r["variant"] for r in rows] == ["", "wo_vcn", "wo_mscgan", "wo_hae"]
     assert rows[1]["ablation"]["use_vcn"] is False
     m = rows[0]["metrics"]
-    assert m["fidelity_frontal_fid"] == 40.0 and m["vc_generated"] == pytest.approx(0.812345)
-    assert m["fidelity_frontal_kid_mean"] == 0.01 and m["fidelity_frontal_kid_std"] == 0.002
-    assert m["split"] == "validation" and m["num_reports"] == 24
-    assert "fidelity_lateral_fid" not in rows[3]["metrics"]
-    assert rows[3]["metrics"]["fidelity_lateral_skipped"] == "fewer than 2 images on a side"
+    assert m["fidelity.frontal.fid"] == 40.0 and m["pairs.view_consistency.generated"] == pytest.approx(0.812345)
+    assert m["matched.lateral.ssim"] == 0.25 and m["clinical.auroc_generated.macro"] == 0.7
+    assert rows[3]["metrics"]["fidelity.lateral.fid"] is None  # "skipped: ..." in the evaluation
     assert report["comparable"] is True and report["mismatches"] == {} and report["warnings"] == []
     assert report["split"] == "validation" and report["num_reports"] == 24 and report["resolution"] == 64
-    assert report["real"]["metrics"] == {"vc_generated": 0.9, "clinical_auroc_generated_frontal": 0.85}
+    assert report["real"]["metrics"] == {"pairs.view_consistency.generated": 0.9,
+                                         "clinical.auroc_generated.macro": 0.85}
     json.dumps(report, allow_nan=False)  # strict JSON
 
 
@@ -176,8 +181,8 @@ def test_errors_name_the_workdir(tmp_path):
         "schema": ({**good, "schema": "other"}, "schema 'other'"),
         "nometrics": ({k: v for k, v in good.items() if k != "metrics"}, "'metrics' missing"),
         "badvalue": ({**good, "metrics": {**good["metrics"], "fidelity": {"frontal": {"fid": "big"}}}},
-                     "metrics.fidelity_frontal_fid is str"),
-        "badvc": ({**good, "metrics": {**good["metrics"], "vc": 0.5}}, "metrics.vc is float"),
+                     "metrics.fidelity.frontal.fid is str"),
+        "badvc": ({**good, "metrics": {**good["metrics"], "pairs": 0.5}}, "metrics.pairs is float"),
     }
     for name, (content, message) in cases.items():
         w = broken(name, content)
@@ -201,11 +206,11 @@ def test_missing_config_warns(tmp_path):
 
 def test_nan_metrics_are_dashes(tmp_path):
     m = metrics()
-    m["clinical_auroc_generated_frontal"] = float("nan")  # written as null
-    m["clinical_auroc_real_frontal"] = float("nan")
+    m["clinical"]["auroc_generated"]["macro"] = float("nan")  # written as null
+    m["clinical"]["auroc_reference"]["macro"] = float("nan")
     w = make_run(tmp_path, "nan", "", m=m)
     report = ablation.build_report([w])
-    assert report["rows"][0]["metrics"]["clinical_auroc_generated_frontal"] is None
+    assert report["rows"][0]["metrics"]["clinical.auroc_generated.macro"] is None
     table = [l for l in ablation.to_markdown(report).splitlines() if l.startswith("| XRayGAN")]
     assert table[0].endswith("| – |")
 

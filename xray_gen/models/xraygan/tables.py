@@ -16,7 +16,7 @@ warning line under the markdown table.
 
 CLI::
 
-    python -m xray_gen.evaluation.ablation --workdirs=DIR1,DIR2,... [--names=a,b,...] \\
+    python -m xray_gen.models.xraygan.tables --workdirs=DIR1,DIR2,... [--names=a,b,...] \\
         [--split=validation] --out=DIR
 
 writes ``DIR/ablation.json`` and ``DIR/ablation.md`` and prints the markdown. Without
@@ -24,9 +24,9 @@ writes ``DIR/ablation.json`` and ``DIR/ablation.md`` and prints the markdown. Wi
 
 Python::
 
-    from xray_gen.evaluation import ablation
-    report = ablation.build_report(["runs/full", "runs/wo_vcn"], split="validation")
-    ablation.write_report(report, "runs/ablation")   # ablation.json + ablation.md
+    from xray_gen.models.xraygan import tables
+    report = tables.build_report(["runs/full", "runs/wo_vcn"], split="validation")
+    tables.write_report(report, "runs/ablation")   # ablation.json + ablation.md
 """
 
 from __future__ import annotations
@@ -49,22 +49,23 @@ __all__ = [
     "main",
 ]
 
-SCHEMA = "xray_gen.evaluation.ablation.v1"
+SCHEMA = "xray_gen.models.xraygan.tables.v1"
 DASH = "–"
 PREFIX = "xraygan_"
 
-# (key in a row's flattened metrics, markdown header, format). Arrows: which direction is better.
+# (path in the evaluation's metrics, markdown header, format). Arrows: which direction is better.
 COLUMNS: Tuple[Tuple[str, str, str], ...] = (
-    ("fidelity_frontal_fid", "FID frontal ↓", "{:.2f}"),
-    ("fidelity_lateral_fid", "FID lateral ↓", "{:.2f}"),
-    ("ssim_frontal", "SSIM frontal ↑", "{:.3f}"),
-    ("ssim_lateral", "SSIM lateral ↑", "{:.3f}"),
-    ("vc_generated", "VC ↑", "{:.3f}"),
-    ("vc_mismatched", "VC mismatched ↓", "{:.3f}"),
-    ("clinical_auroc_generated_frontal", "Clinical AUROC ↑", "{:.3f}"),
+    ("fidelity.frontal.fid", "FID frontal ↓", "{:.2f}"),
+    ("fidelity.lateral.fid", "FID lateral ↓", "{:.2f}"),
+    ("matched.frontal.ssim", "SSIM frontal ↑", "{:.3f}"),
+    ("matched.lateral.ssim", "SSIM lateral ↑", "{:.3f}"),
+    ("pairs.view_consistency.generated", "VC ↑", "{:.3f}"),
+    ("pairs.view_consistency.mismatched_generated", "VC mismatched ↓", "{:.3f}"),
+    ("clinical.auroc_generated.macro", "Clinical AUROC ↑", "{:.3f}"),
 )
 # The 'Real' row: the same columns filled from the real images' metrics.
-REAL_COLUMNS = {"vc_generated": "vc_real", "clinical_auroc_generated_frontal": "clinical_auroc_real_frontal"}
+REAL_COLUMNS = {"pairs.view_consistency.generated": "pairs.view_consistency.real",
+                "clinical.auroc_generated.macro": "clinical.auroc_reference.macro"}
 
 # Protocol facts compared across runs: name -> (section of the eval JSON, key).
 PROTOCOL_KEYS: Tuple[Tuple[str, str, str], ...] = (
@@ -75,9 +76,6 @@ PROTOCOL_KEYS: Tuple[Tuple[str, str, str], ...] = (
     ("weights_checksum", "protocol", "weights_checksum"),
     ("reference", "protocol", "reference"),
 )
-
-# Metrics that must be numbers (or null); other string metrics (split, ...) are kept as they are.
-NUMERIC_PREFIXES = ("fidelity_", "ssim_", "vc_", "clinical_auroc_", "num_reports", "resolution")
 
 # Real-image metrics that depend on the run's own VCN / classifier: warn when they differ.
 REAL_TOLERANCE = 1e-6
@@ -122,9 +120,20 @@ def _read_json(workdir: str, path: str, what: str) -> Any:
         raise AblationError(f"{workdir}: cannot read {what} {path}: {e}") from e
 
 
-def _number(workdir: str, path: str, key: str, value: Any) -> Optional[float]:
-    """A metric value: a finite number, or None (written as null for NaN, or absent)."""
-    if value is None:
+def _value(workdir: str, path: str, metrics: Mapping[str, Any], key: str) -> Optional[float]:
+    """The metric at dotted `key`: a finite number, or None (absent, null for NaN, or a metric the
+    evaluator recorded as "skipped: ..." / "error: ..."); anything else is a malformed file."""
+    value: Any = metrics
+    walked = []
+    for part in key.split("."):
+        if not isinstance(value, Mapping):
+            raise AblationError(f"{workdir}: malformed evaluation JSON {path}: metrics.{'.'.join(walked)} is "
+                                f"{type(value).__name__} {value!r}, expected an object")
+        walked.append(part)
+        value = value.get(part)
+        if value is None:
+            return None
+    if isinstance(value, str) and value.startswith(("skipped: ", "error: ")):
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise AblationError(f"{workdir}: malformed evaluation JSON {path}: metrics.{key} is "
@@ -133,30 +142,10 @@ def _number(workdir: str, path: str, key: str, value: Any) -> Optional[float]:
     return value if math.isfinite(value) else None
 
 
-def _flatten_metrics(workdir: str, path: str, metrics: Mapping[str, Any]) -> Dict[str, Any]:
-    """{"vc": {"real": x}} -> {"vc_real": x} (and fidelity.frontal.kid.mean -> fidelity_frontal_kid_mean);
-    strings (split, a skipped metric's reason) kept; every other leaf must be a number or null."""
-    out: Dict[str, Any] = {}
-
-    def visit(prefix: str, value: Any) -> None:
-        if isinstance(value, Mapping):
-            for k, v in value.items():
-                visit(f"{prefix}_{k}" if prefix else str(k), v)
-        elif isinstance(value, (list, tuple)):
-            if prefix == "resolution" and all(isinstance(v, int) for v in value):
-                out[prefix] = list(value)
-            else:
-                for i, v in enumerate(value):
-                    visit(f"{prefix}_{i}", v)
-        elif isinstance(value, str) and (not prefix.startswith(NUMERIC_PREFIXES) or prefix.endswith("_skipped")):
-            out[prefix] = value
-        elif prefix in ("num_reports", "resolution") and isinstance(value, int) and not isinstance(value, bool):
-            out[prefix] = value
-        else:
-            out[prefix] = _number(workdir, path, prefix, value)
-
-    visit("", metrics)
-    return out
+def _column_values(workdir: str, path: str, metrics: Mapping[str, Any]) -> Dict[str, Any]:
+    """{column path: value} of the table's columns and of the 'Real' row's sources."""
+    keys = [k for k, _, _ in COLUMNS] + list(REAL_COLUMNS.values())
+    return {k: _value(workdir, path, metrics, k) for k in keys}
 
 
 def read_eval_json(workdir: str, path: str) -> Dict[str, Any]:
@@ -171,10 +160,6 @@ def read_eval_json(workdir: str, path: str) -> Dict[str, Any]:
     for section in ("metrics", "protocol"):
         if not isinstance(record.get(section), dict):
             raise AblationError(f"{workdir}: malformed evaluation JSON {path}: {section!r} missing or not an object")
-    metrics = record["metrics"]
-    if "vc" in metrics and not isinstance(metrics["vc"], dict):
-        raise AblationError(f"{workdir}: malformed evaluation JSON {path}: metrics.vc is "
-                            f"{type(metrics['vc']).__name__}, expected an object")
     return record
 
 
@@ -222,7 +207,7 @@ def load_run(workdir: str, name: Optional[str] = None, split: Optional[str] = No
     else:
         warnings.append(f"{workdir}: no config.json; the run's ablation cannot be read from its config")
     label, facts = ablation_label(config)
-    metrics = _flatten_metrics(workdir, path, record["metrics"])
+    metrics = _column_values(workdir, path, record["metrics"])
     protocol = {}
     for key, section, field in PROTOCOL_KEYS:
         value = record[section].get(field)
@@ -406,7 +391,7 @@ def _split_list(value: Optional[str]) -> Optional[List[str]]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m xray_gen.evaluation.ablation",
+        prog="python -m xray_gen.models.xraygan.tables",
         description="XRayGAN ablation table (paper Table 2) from evaluated workdirs: writes "
                     "OUT/ablation.json and OUT/ablation.md and prints the markdown.")
     parser.add_argument("--workdirs", required=True, help="comma-separated workdirs, each evaluated "
