@@ -205,18 +205,21 @@ def test_label_fraction_marks_about_that_share_of_every_class():
 
 
 def test_gradient_accumulation_step_runs_and_bad_split_is_named(trained):
-    """train.grad_accum_steps=2: each discriminator slice and the G/F batch are two microbatches."""
+    """train.grad_accum_steps=2 with emixer.d_steps=2 (the paper's two discriminator updates per step,
+    each on its own half of the batch): each slice and the G/F batch are two microbatches."""
     from xray_gen.training import loop
 
     config, workdir = trained
     accum_config = config.copy_and_resolve_references()
     accum_config.train.grad_accum_steps = 2
+    accum_config.emixer.d_steps = 2
     task = main.make_task(accum_config, workdir)
     state, _ = loop.restore_latest(task, accum_config, workdir)
     batch = jax.tree.map(jnp.asarray, next(iter(task.train_loader())))
     before = jax.device_get((state.gen["G"]["params"], state.disc["image"]["params"]))
     new, metrics = jax.jit(task.train_step)(state, {}, batch)
     assert all(np.isfinite(float(v)) for v in jax.device_get(metrics).values())
+    assert int(new.step) == int(state.step) + 1  # two discriminator updates, one step
     after = jax.device_get((new.gen["G"]["params"], new.disc["image"]["params"]))
     for b, a in zip(before + (before[1]["rotation"],), after + (after[1]["rotation"],)):  # rotation head: SSGAN on
         assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(b), jax.tree.leaves(a)))

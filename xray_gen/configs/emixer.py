@@ -160,6 +160,7 @@ def _smoke(c):
     c.train.checkpoint_every = 2
     e = c.emixer
     e.f_pretrain_steps = 1  # exercises the phase switch
+    e.d_steps = 1  # one discriminator update per step: the joint step's program (compile time) halves
     e.f_adversarial_weight = 0.5
     e.g_ch = e.d_ch = 4
     e.g_attention = e.d_attention = 0
